@@ -1,0 +1,241 @@
+"""A scripted OpenAI-compatible server on loopback: real HTTP, deterministic answers.
+
+Run: ``python tests/support/scripted_openai.py --port 0 [--latency 0.2] [--capacity 64]``; it
+prints ``LISTENING <port>`` once it serves. Answers:
+
+- by default, a valid instance of the JSON schema the request carries (``json_schema`` or
+  ``json_object`` response formats, or a schema appended to the prompt), with text derived from a
+  hash of the prompt, so the same prompt always gets the same answer;
+- by rule: ``POST /_control/rules`` with ``[{"match": "substring", "actions": [...]}]``. The first
+  rule whose ``match`` occurs in the request's messages applies; each distinct prompt walks the
+  rule's actions in order and then keeps repeating the last one. An action is an object with any
+  of: ``status`` (+ ``retry_after``), ``delay`` (seconds), ``drop`` (close the connection without
+  answering), ``content`` (the message text), ``json`` (message text = that value as JSON),
+  ``body`` (a raw HTTP 200 body, e.g. broken JSON), ``default`` (answer as if no rule matched).
+
+``GET /_control/stats`` counts requests (total, per rule, per status); ``POST /_control/reset``
+clears rules and counters. ``--capacity`` bounds requests served at once; the rest queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import re
+import sys
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+SCHEMA_MARKER = re.compile(r"matches this JSON schema[^\n]*\n(\{.*\})\s*$", re.DOTALL)
+WORDS = (
+    "implement a function that parses the input records, validates every field, groups the "
+    "results by key and returns a sorted summary with totals; handle empty input and invalid "
+    "values by raising a clear error; include two worked examples with expected output"
+).split()
+
+
+class ScriptedServer:
+    def __init__(self, latency: float = 0.0, capacity: int = 64):
+        self.latency = latency
+        self.capacity = asyncio.Semaphore(capacity)
+        self.rules: list[dict[str, Any]] = []
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.total = 0
+        self.by_rule: Counter[str] = Counter()
+        self.by_status: Counter[int] = Counter()
+        self.progress: Counter[tuple[int, str]] = Counter()  # (rule, prompt hash) -> next action
+        self.auth_headers: set[str] = set()
+        self.max_in_flight = 0
+        self.in_flight = 0
+
+    # -- control -------------------------------------------------------------------------------
+
+    async def set_rules(self, request: web.Request) -> web.Response:
+        self.rules = await request.json()
+        self.progress.clear()
+        return web.json_response({"rules": len(self.rules)})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.rules = []
+        self.reset_counters()
+        return web.json_response({"ok": True})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "total": self.total,
+                "by_rule": dict(self.by_rule),
+                "by_status": {str(k): v for k, v in self.by_status.items()},
+                "max_in_flight": self.max_in_flight,
+                "auth_headers": sorted(self.auth_headers),
+            }
+        )
+
+    # -- OpenAI API ----------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.total += 1
+        self.auth_headers.add(request.headers.get("Authorization", ""))
+        body = await request.json()
+        prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+        action = self._next_action(prompt)
+        async with self.capacity:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                delay = action.get("delay", 0.0) + self.latency
+                if delay:
+                    await asyncio.sleep(delay)
+                return self._respond(request, body, prompt, action)
+            finally:
+                self.in_flight -= 1
+
+    def _next_action(self, prompt: str) -> dict[str, Any]:
+        for index, rule in enumerate(self.rules):
+            if rule.get("match", "") in prompt:
+                self.by_rule[rule.get("name", str(index))] += 1
+                key = (index, hashlib.sha1(prompt.encode()).hexdigest())
+                actions = rule["actions"]
+                step = min(self.progress[key], len(actions) - 1)
+                self.progress[key] += 1
+                return actions[step]
+        return {"default": True}
+
+    def _respond(self, request: web.Request, body: dict[str, Any], prompt: str, action: dict[str, Any]) -> web.StreamResponse:
+        if action.get("drop"):
+            self.by_status[0] += 1
+            if request.transport is not None:
+                request.transport.close()  # the client sees the connection die mid-request
+            return web.Response(status=500)  # never delivered: the socket is gone
+        status = int(action.get("status", 200))
+        self.by_status[status] += 1
+        if status != 200:
+            headers = {"Retry-After": str(action["retry_after"])} if "retry_after" in action else {}
+            error = {"error": {"message": f"scripted status {status}", "type": "scripted", "code": status}}
+            return web.json_response(error, status=status, headers=headers)
+        if "body" in action:
+            return web.Response(text=action["body"], content_type="application/json")
+        if "content" in action:
+            content = action["content"]
+        elif "json" in action:
+            content = json.dumps(action["json"])
+        else:
+            content = default_answer(body, prompt)
+        return web.json_response(completion(body, prompt, content))
+
+
+def completion(body: dict[str, Any], prompt: str, content: str) -> dict[str, Any]:
+    prompt_tokens, completion_tokens = max(1, len(prompt) // 4), max(1, len(content) // 4)
+    return {
+        "id": "chatcmpl-" + hashlib.sha1(prompt.encode()).hexdigest()[:12],
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model", "scripted"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def default_answer(body: dict[str, Any], prompt: str) -> str:
+    """A schema-valid JSON answer when the request names a schema, else plain text."""
+    seed = hashlib.sha256(prompt.encode()).hexdigest()
+    schema = requested_schema(body, prompt)
+    if schema is None:
+        return f"Scripted answer {seed[:8]}: " + " ".join(WORDS[:20])
+    return json.dumps(fill(schema, schema, seed))
+
+
+def requested_schema(body: dict[str, Any], prompt: str) -> dict[str, Any] | None:
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return fmt["json_schema"]["schema"]
+    if fmt.get("type") == "json_object" and "schema" in fmt:
+        return fmt["schema"]
+    found = SCHEMA_MARKER.search(prompt)
+    return json.loads(found.group(1)) if found else None
+
+
+def fill(schema: dict[str, Any], root: dict[str, Any], seed: str) -> Any:
+    """A deterministic instance of a (pydantic-generated) JSON schema."""
+    if "$ref" in schema:
+        name = schema["$ref"].split("/")[-1]
+        return fill(root.get("$defs", {})[name], root, seed)
+    for combiner in ("anyOf", "oneOf", "allOf"):
+        if combiner in schema:
+            options = [s for s in schema[combiner] if s.get("type") != "null"] or schema[combiner]
+            return fill(options[0], root, seed)
+    if "enum" in schema:
+        return schema["enum"][int(seed[:4], 16) % len(schema["enum"])]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if kind == "object":
+        return {name: fill(sub, root, hashlib.sha256((seed + name).encode()).hexdigest()) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems", 0)), min(3, int(schema.get("maxItems", 3))))
+        return [fill(schema.get("items", {}), root, hashlib.sha256(f"{seed}{i}".encode()).hexdigest()) for i in range(count)]
+    if kind == "integer":
+        low, high = int(schema.get("minimum", 1)), int(schema.get("maximum", 10))
+        return max(low, min(high, 7))
+    if kind == "number":
+        low, high = float(schema.get("minimum", 1)), float(schema.get("maximum", 10))
+        return max(low, min(high, 7.0))
+    if kind == "boolean":
+        return True
+    start = int(seed[:2], 16) % len(WORDS)
+    text = f"Task {seed[:6]}: " + " ".join(WORDS[start:] + WORDS[:start])
+    min_length, max_length = int(schema.get("minLength", 0)), int(schema.get("maxLength", 10_000))
+    text = text.ljust(min_length, ".")
+    return text[:max_length]
+
+
+def make_app(latency: float, capacity: int) -> web.Application:
+    server = ScriptedServer(latency=latency, capacity=capacity)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.add_routes(
+        [
+            web.post("/v1/chat/completions", server.chat),
+            web.get("/v1/models", server.models),
+            web.post("/_control/rules", server.set_rules),
+            web.post("/_control/reset", server.reset),
+            web.get("/_control/stats", server.stats),
+            web.get("/health", lambda request: web.json_response({"ok": True})),
+        ]
+    )
+    return app
+
+
+async def serve(host: str, port: int, latency: float, capacity: int) -> None:
+    runner = web.AppRunner(make_app(latency, capacity), access_log=None, handle_signals=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"LISTENING {bound}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--capacity", type=int, default=64, help="requests served at once")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve(args.host, args.port, args.latency, args.capacity))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
