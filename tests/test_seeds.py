@@ -303,21 +303,21 @@ def js_source(name: str, functions: int = 6) -> str:
     return "\n".join(blocks)
 
 
-def sql_source(tables: int = 6) -> str:
+def sql_source(name: str = "orders", tables: int = 6) -> str:
     blocks = []
     for i in range(tables):
         blocks.append(
             textwrap.dedent(
                 f"""
                 -- table {i}
-                CREATE TABLE orders_{i} (
+                CREATE TABLE {name}_{i} (
                     id INTEGER PRIMARY KEY,
                     customer_{i} TEXT NOT NULL,
 
                     amount_{i} NUMERIC(10, 2) DEFAULT {i},
                     created_at TIMESTAMP
                 );
-                SELECT customer_{i}, SUM(amount_{i}) FROM orders_{i} GROUP BY customer_{i};
+                SELECT customer_{i}, SUM(amount_{i}) FROM {name}_{i} GROUP BY customer_{i};
                 """
             )
         )
@@ -448,14 +448,15 @@ def test_exact_and_near_duplicates_are_dropped(
 ) -> None:
     body = python_source("dup", functions=2).strip("\n")
     variants = {
-        "whitespace": body.replace(" = ", "   =   ").replace("(values", "( values"),
+        "whitespace": body.replace(" = ", "   =   ").replace("\n", "  \n"),
         "one_token": body.replace("len(values) * 8", "len(values) * 9"),
     }
     assert variants[variant] != body
     (tmp_path / "a.py").write_text(body)
     (tmp_path / "b.py").write_text(variants[variant])
-    (tmp_path / "c.py").write_text(python_source("other", functions=2).strip("\n"))
     lines = len(body.split("\n"))
+    unrelated = [f"row_{i} = {{'k{i}': [{i}, {i * i}], 'tag': 'other_{i}'}}" for i in range(lines)]
+    (tmp_path / "c.py").write_text("\n".join(unrelated))
     stats = SeedStats()
 
     # One possible run per file (the whole file), so whole files are what gets compared.
@@ -464,7 +465,7 @@ def test_exact_and_near_duplicates_are_dropped(
     )
 
     assert table.num_rows == 2
-    assert sum("other_step_0" in seed for seed in table.column("seed").to_pylist()) == 1
+    assert sum("other_0" in seed for seed in table.column("seed").to_pylist()) == 1
     counts = {name: getattr(stats, name) for name in expected}
     assert counts == expected
 
@@ -508,13 +509,13 @@ def test_files_are_sampled_across_the_whole_tree(tmp_path: Path) -> None:
 def test_a_large_language_does_not_crowd_out_a_small_one(tmp_path: Path) -> None:
     for i in range(40):
         (tmp_path / f"mod{i}.py").write_text(python_source(f"m{i}"))
-    for name in ("one", "two"):
-        (tmp_path / f"{name}.js").write_text(js_source(name))
+    for name in ("invoices", "payments"):
+        (tmp_path / f"{name}.sql").write_text(sql_source(name))
 
     table = mine_snippets([tmp_path], max_snippets=8, snippets_per_file=2)
 
-    # Both JS files give their two snippets; Python fills the other half.
-    assert Counter(table.column("lang").to_pylist()) == {"python": 4, "javascript": 4}
+    # Both SQL files give their two snippets; Python fills the other half.
+    assert Counter(table.column("lang").to_pylist()) == {"python": 4, "sql": 4}
 
 
 def test_mining_the_standard_library_is_fast_and_python_only() -> None:

@@ -278,7 +278,9 @@ def _string_cell(path: Path, where: str, row: Mapping[str, Any], column: str) ->
     return value
 
 
-def _optional_string_cell(path: Path, where: str, row: Mapping[str, Any], column: str) -> str | None:
+def _optional_string_cell(
+    path: Path, where: str, row: Mapping[str, Any], column: str
+) -> str | None:
     if row.get(column) is None:
         return None
     return _string_cell(path, where, row, column)

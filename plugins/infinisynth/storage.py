@@ -275,6 +275,24 @@ class Partition:
             return pa.concat_tables(tables, promote_options="default")
         raise AssertionError("unreachable")
 
+    def read_file(self, name: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """One data file of this partition (a shard), e.g. the input of a mapped task."""
+        path = posixpath.join(self.path, name)
+        url = self.store.url(path)
+        with self.fs.open(path, "rb") as fh:
+            try:
+                table = pq.read_table(fh)
+            except (pa.ArrowInvalid, OSError) as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise CorruptPartition(f"{url}: not a readable Parquet file ({exc})") from exc
+        if columns is not None:
+            missing = [c for c in columns if c not in table.column_names]
+            if missing:
+                raise SchemaMismatch(f"{url}: missing column(s) {missing}; the file has {table.column_names}")
+            table = table.select(list(columns))
+        return table
+
     def _iter_file(self, data_file: DataFile, columns: Sequence[str] | None, batch_size: int) -> Iterator[pa.RecordBatch]:
         path = posixpath.join(self.path, data_file.name)
         url = self.store.url(path)

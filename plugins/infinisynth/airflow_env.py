@@ -1,0 +1,40 @@
+"""The one place the library meets Airflow at run time: connections and the task's context.
+
+Imported only inside task bodies, so DAG files parse without loading the library's heavy
+dependencies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infinisynth.llm import RoleConfig
+from infinisynth.settings import role_config, store_for
+from infinisynth.storage import Store
+
+
+def connection_lookup(conn_id: str) -> dict[str, Any] | None:
+    """Airflow's connection (metadata DB, environment or secrets backend) as a plain dict."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return {
+        "host": conn.host,
+        "login": conn.login,
+        "password": conn.password,
+        "port": conn.port,
+        "schema": conn.schema,
+        "extra": conn.extra_dejson,
+    }
+
+
+def run_store(params: dict[str, Any]) -> Store:
+    return store_for(params.get("storage_root") or None, connection_lookup)
+
+
+def run_role(role: str, **overrides: Any) -> RoleConfig:
+    return role_config(role, connection_lookup, **overrides)

@@ -1,0 +1,1 @@
+"""Task bodies of each DAG: what a TaskFlow task calls, with plain arguments and small returns."""
