@@ -60,13 +60,22 @@ class UsageMeter:
 
 
 def format_table(rows: list[tuple[Any, ...]]) -> str:
-    """Left-aligned first column, right-aligned numbers; header underlined."""
+    """A fixed-width text table: numeric columns right-aligned, the header underlined."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    numeric = [all(_is_number(row[i]) for row in cells[1:]) and len(cells) > 1 for i in range(len(widths))]
     lines = []
     for n, row in enumerate(cells):
-        line = "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row))
+        line = "  ".join(c.rjust(widths[i]) if numeric[i] else c.ljust(widths[i]) for i, c in enumerate(row))
         lines.append(line.rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -38,8 +38,9 @@ class ReverseSettings:
     problems_per_seed: int = 1
     min_problem_chars: int = 40
     max_problem_chars: int = 8_000
-    leak_line_chars: int = 30  # snippet lines at least this long may not appear verbatim
-    leak_max_lines: int = 2  # more copied lines than this is a leak
+    leak_line_chars: int = 20  # snippet lines at least this long count as substantive
+    leak_max_lines: int = 2  # copying more substantive lines than this is a leak ...
+    leak_max_fraction: float = 0.5  # ... and so is copying this share of them or more
 
 
 SCHEMA = schema_with(
@@ -105,17 +106,21 @@ def check_problem(problem: str, snippet: str, settings: ReverseSettings) -> tupl
         return "too_short", f"problem has {len(problem)} characters; at least {settings.min_problem_chars} needed"
     if len(problem) > settings.max_problem_chars:
         return "too_long", f"problem has {len(problem)} characters; at most {settings.max_problem_chars} allowed"
-    copied = copied_lines(problem, snippet, settings.leak_line_chars)
-    if len(copied) > settings.leak_max_lines:
-        return "leaks_snippet", f"{len(copied)} lines of the seed snippet appear verbatim, e.g. {copied[0]!r}"
+    substantive, copied = copied_lines(problem, snippet, settings.leak_line_chars)
+    if copied and (len(copied) > settings.leak_max_lines or len(copied) >= settings.leak_max_fraction * substantive):
+        return "leaks_snippet", f"{len(copied)} of {substantive} seed snippet lines appear verbatim, e.g. {copied[0]!r}"
     mention = _REFERS_TO_SNIPPET.search(problem)
     if mention:
         return "not_self_contained", f"refers to code the solver cannot see: {mention.group(0)!r}"
     return None
 
 
-def copied_lines(problem: str, snippet: str, min_chars: int) -> list[str]:
-    """Substantial snippet lines that occur verbatim (whitespace-normalized) in the problem."""
+def copied_lines(problem: str, snippet: str, min_chars: int) -> tuple[int, list[str]]:
+    """(number of substantive snippet lines, those of them found verbatim in the problem).
+
+    Whitespace is normalized on both sides, so re-indenting a copy does not hide it.
+    """
     flat_problem = " ".join(problem.split())
     lines = {" ".join(line.split()) for line in snippet.splitlines()}
-    return sorted(line for line in lines if len(line) >= min_chars and line in flat_problem)
+    substantive = [line for line in lines if len(line) >= min_chars]
+    return len(substantive), sorted(line for line in substantive if line in flat_problem)

@@ -1,0 +1,54 @@
+# The README's two commands: `make demo` (the main job on the embedded model) and `make test`.
+# Both do all set-up on a fresh machine and are quick the second time (stamp files).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
+
+.PHONY: setup demo test model-server bench lock clean
+
+setup: $(VENV)/.installed $(AIRFLOW_HOME)/.initialized
+
+# System packages first (only what is missing), then the pinned Python environment. torch comes
+# first from the machine's CPU wheel so nothing pulls the CUDA build.
+$(VENV)/.installed: requirements.txt scripts/system-deps.sh
+	bash scripts/system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(VENV)/bin/uv pip sync --quiet --python $(PY) --find-links /opt/wheels requirements.txt
+	touch $@
+
+# Airflow's home inside the project, on SQLite, with the pool model calls share.
+$(AIRFLOW_HOME)/.initialized: $(VENV)/.installed
+	mkdir -p $(AIRFLOW_HOME)
+	$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -30 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+	$(VENV)/bin/airflow pools set llm 4 "Concurrent model-calling tasks" > /dev/null
+	touch $@
+
+demo: setup
+	$(PY) -m infinisynth.demo
+
+test: setup
+	$(PY) -m pytest
+
+model-server: setup
+	$(PY) -m infinisynth.model_server
+
+bench: setup
+	$(PY) benchmarks/bench_llm_client.py
+
+# Re-resolve requirements.in into the fully pinned requirements.txt.
+lock: $(VENV)/.installed
+	$(VENV)/bin/uv pip compile requirements.in -o requirements.txt --python $(PY) --find-links /opt/wheels --no-header
+
+clean:
+	rm -rf $(VENV) $(AIRFLOW_HOME) data

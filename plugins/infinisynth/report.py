@@ -1,0 +1,41 @@
+"""What a run left in storage: every committed table of a date, with its row count and URL."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from infinisynth.llm.usage import format_table
+from infinisynth.storage import MANIFEST, Partition, Store, partition_key
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    pipeline: str
+    table: str  # a stage's name, or "rejected/<stage>"
+    rows: int
+    url: str
+
+
+def committed_tables(store: Store, ds: str) -> list[TableSummary]:
+    """All partitions of ``ds`` that readers can see (those with a manifest), sorted."""
+    pattern = posixpath.join(store.root, "**", partition_key(ds), MANIFEST)
+    found = []
+    for manifest_path in sorted(store.fs.glob(pattern)):
+        directory = posixpath.dirname(manifest_path)
+        relative = posixpath.relpath(posixpath.dirname(directory), store.root)
+        pipeline, _, table = relative.partition("/")
+        if pipeline.startswith("_") or table.startswith("_"):
+            continue
+        partition = Partition(store, directory)
+        found.append(TableSummary(pipeline, table, partition.manifest().rows, partition.url))
+    return found
+
+
+def tables_report(store: Store, ds: str) -> str:
+    tables = committed_tables(store, ds)
+    if not tables:
+        return f"no committed tables for ds={ds} under {store.root_url}"
+    rows = [("pipeline", "table", "rows", "location")]
+    rows += [(t.pipeline, t.table, t.rows, t.url) for t in tables]
+    return format_table(rows)

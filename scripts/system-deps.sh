@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages the project needs, installed only when missing (fast when all are present).
+# Build tools compile llama-cpp-python; node/npm supply real JavaScript for the demo's seeds.
+set -euo pipefail
+needed=(build-essential cmake git nodejs npm)
+missing=()
+for pkg in "${needed[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# node and npm may come from outside Debian (e.g. NodeSource or nvm): accept working commands.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if ((${#missing[@]})); then
+  echo "installing system packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
