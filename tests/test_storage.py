@@ -338,6 +338,7 @@ def test_reader_racing_a_writer_always_sees_one_whole_generation(backend: Backen
     assert reads >= 20, f"only {reads} reads"
     assert len(commits) >= 3, f"the writer committed only {len(commits)} times while {reads} reads ran"
     assert seen["A"] and seen["B"], f"the reads never saw both generations: {seen} over {len(commits)} commits"
+    print(f"{backend.kind}: {reads} reads ({seen}) during {len(commits)} commits")
 
 
 # -- 5. streaming -----------------------------------------------------------------------------------
@@ -447,10 +448,13 @@ def test_corrupt_manifest_names_the_manifest(backend: Backend, store: Store) -> 
     with pytest.raises(CorruptPartition) as excinfo:
         reader.read()
     assert store.url(part.manifest_path) in str(excinfo.value)
-    # Valid JSON that is not a manifest is just as corrupt.
-    backend.put_bytes(part.manifest_path, b'{"rows": 3}')
-    with pytest.raises(CorruptPartition, match=MANIFEST):
-        backend.make_store().partition("demo", "generate", DS).manifest()
+    # Binary junk, and valid JSON that is not a manifest, are just as corrupt.
+    for junk in (b"\xff\xfe\x00\x81 binary", b'{"rows": 3}'):
+        backend.put_bytes(part.manifest_path, junk)
+        with pytest.raises(CorruptPartition, match=MANIFEST):
+            backend.make_store().partition("demo", "generate", DS).manifest()
+        with pytest.raises(CorruptPartition, match=MANIFEST):
+            part.read()  # the worker that committed it, too
 
 
 def test_reading_a_missing_column_names_it_and_the_present_ones(store: Store) -> None:

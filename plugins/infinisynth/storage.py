@@ -235,6 +235,7 @@ class Partition:
     # -- reading -------------------------------------------------------------------------------
 
     def exists(self) -> bool:
+        self.fs.invalidate_cache(self.path)  # another worker may have committed since we listed
         return self.fs.exists(self.manifest_path)
 
     def manifest(self) -> Manifest:
@@ -315,17 +316,21 @@ class Partition:
                 raise CorruptPartition(f"{url}: data is corrupt ({exc})") from exc
 
     def _manifest_or_none(self) -> Manifest | None:
+        # Every snapshot starts here. Drop cached listings (s3fs keeps them, and a listing taken
+        # before another worker's commit hides its files), then fetch the manifest in one GET:
+        # open() would HEAD first and fail if the manifest is swapped between HEAD and GET.
+        self.fs.invalidate_cache(self.path)
         try:
-            with self.fs.open(self.manifest_path, "rb") as fh:
-                text = fh.read().decode("utf-8")
+            raw = self.fs.cat_file(self.manifest_path)
         except FileNotFoundError:
             return None
         try:
-            return Manifest.from_json(text)
+            return Manifest.from_json(raw.decode("utf-8"))
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptPartition(f"{self.store.url(self.manifest_path)}: unreadable manifest ({exc})") from exc
 
     def _data_paths(self) -> list[str]:
+        self.fs.invalidate_cache(self.path)  # list what is there now, not what was cached
         try:
             entries = self.fs.ls(self.path, detail=False)
         except FileNotFoundError:

@@ -13,7 +13,9 @@ from typing import Any
 # The child prints its port once listening, then serves until its stdin closes (so it never
 # outlives the test run, even if the parent is killed).
 _SERVER = """
+import logging
 import sys
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on the test's stderr
 from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()

@@ -10,6 +10,7 @@ of re-asks, ``n`` independent samples, token accounting, and turning every final
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -122,16 +123,34 @@ class LLMClient:
             except openai.APIError as exc:
                 self.usage.record(self.role, stage, failed=True)
                 raise self._rejection_for(exc) from None
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
+            except json.JSONDecodeError as exc:
+                # An HTTP 200 whose body is not JSON (a proxy's HTML page, a cut-off body): the OpenAI
+                # client lets the decoder's error escape, which would fail the whole shard.
+                self.usage.record(self.role, stage, failed=True)
+                raise LLMRejection(
+                    "invalid_output",
+                    self._redact(f"HTTP 200 from {self.config.base_url} with a body that is not JSON ({exc.msg})"),
+                    raw_answer=self._redact(exc.doc[:MAX_RAW_CHARS]),
+                ) from None
+        try:
+            usage = response.usage
+            prompt_tokens = (usage.prompt_tokens or 0) if usage else 0
+            completion_tokens = (usage.completion_tokens or 0) if usage else 0
+            choice = response.choices[0] if response.choices else None
+            text = (choice.message.content or "") if choice is not None else ""
+            finish_reason = choice.finish_reason if choice is not None else None
+        except (AttributeError, TypeError, KeyError, IndexError):
+            # JSON, but not a chat completion (a list, null, choices that are not objects).
+            self.usage.record(self.role, stage, failed=True)
+            raise LLMRejection(
+                "invalid_output", f"HTTP 200 from {self.config.base_url} with a body that is not a chat completion"
+            ) from None
         self.usage.record(self.role, stage, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        if not response.choices:
+        if choice is None:
             raise LLMRejection("invalid_output", "the endpoint answered with no choices")
-        choice = response.choices[0]
         return ChatAnswer(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
+            text=text,
+            finish_reason=finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )

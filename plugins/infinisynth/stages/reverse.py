@@ -30,7 +30,7 @@ _REFERS_TO_SNIPPET = re.compile(
 
 
 class ReverseProblem(BaseModel):
-    problem: str = Field(min_length=1, description="A complete, self-contained programming problem statement")
+    problem: str = Field(min_length=1)
 
 
 @dataclass(frozen=True)

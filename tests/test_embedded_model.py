@@ -1,0 +1,61 @@
+"""Against the real embedded model (SmolLM2-135M via llama.cpp): the machinery holds end to end.
+
+The tiny model writes poor problems; these tests assert what must hold regardless of quality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from infinisynth.llm import LLMClient
+from infinisynth.model_server import embedded_connection
+from infinisynth.prompts import load_prompt
+from infinisynth.settings import role_config, store_for
+from infinisynth.stages.reverse import ReverseProblem
+
+pytestmark = pytest.mark.slow
+
+
+def test_structured_answer_from_embedded_model_validates(embedded_model):
+    role = role_config("generator", lambda conn_id: embedded_connection(embedded_model) if conn_id == "llm_default" else None)
+    messages = load_prompt("reverse_construction").render(
+        lang="python", lang_name="Python", snippet="def mean(xs):\n    return sum(xs) / len(xs)\n", variant=0
+    )
+
+    async def ask():
+        async with LLMClient(role) as client:
+            return await client.structured(messages, ReverseProblem, stage="reverse"), client.usage.snapshot()
+
+    answer, usage = asyncio.run(ask())
+    assert isinstance(answer, ReverseProblem) and answer.problem.strip()
+    assert usage["generator/reverse"]["prompt_tokens"] > 50
+    assert usage["generator/reverse"]["completion_tokens"] > 0
+
+
+def test_code_instruct_dag_on_embedded_model(airflow_home, embedded_model, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    snippets = [
+        ("python", "def is_even(n):\n    return n % 2 == 0\n"),
+        ("javascript", "const sum = (xs) => xs.reduce((a, b) => a + b, 0);\n"),
+        ("python", "import json\n\ndef load(path):\n    with open(path) as fh:\n        return json.load(fh)\n"),
+    ]
+    seeds.write_text("".join(json.dumps({"lang": lang, "seed": code}) + "\n" for lang, code in snippets))
+    root = f"file://{tmp_path / 'data'}"
+    env = {"AIRFLOW_CONN_LLM_DEFAULT": json.dumps(embedded_connection(embedded_model)), "INFINISYNTH_ROOT": root}
+
+    airflow_home.dags_test("code_instruct", "2026-02-03", {"seed_source": str(seeds), "shard_size": 2}, env)
+
+    store = store_for(root)
+    problems = store.partition("code_instruct", "reverse", "2026-02-03").read().to_pylist()
+    rejected = store.rejected("code_instruct", "reverse", "2026-02-03").read().to_pylist()
+    parents = {p["parent_ids"][0] for p in problems}
+    assert len(parents) + len(rejected) == len(snippets)  # every seed accounted for
+    for row in problems:
+        assert row["problem"].strip() and row["origin"] == "reverse" and row["model"] == "smollm2-135m-instruct"
+    for row in rejected:
+        assert row["reason"] and row["detail"]
+    funnel = store.partition("code_instruct", "reverse", "2026-02-03").manifest().meta["funnel"]
+    assert funnel["usage"]["generator/reverse"]["completion_tokens"] > 0
