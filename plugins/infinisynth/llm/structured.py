@@ -42,7 +42,8 @@ def response_format(mode: StructuredMode, model: type[BaseModel]) -> dict[str, A
 
 def with_schema_instruction(messages: list[dict[str, str]], model: type[BaseModel]) -> list[dict[str, str]]:
     """Append the schema to the last user turn, for endpoints that cannot enforce it themselves."""
-    schema = json.dumps(json_schema_of(model), separators=(",", ":"))
+    # Titles are class names ("ReverseProblem"): small models copy them into their answers.
+    schema = json.dumps(_without_titles(json_schema_of(model)), separators=(",", ":"))
     note = f"\n\nReply with only a JSON object that matches this JSON schema, and nothing else:\n{schema}"
     out = [dict(m) for m in messages]
     for message in reversed(out):
@@ -50,6 +51,14 @@ def with_schema_instruction(messages: list[dict[str, str]], model: type[BaseMode
             message["content"] = message["content"] + note
             break
     return out
+
+
+def _without_titles(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_titles(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+    if isinstance(schema, list):
+        return [_without_titles(v) for v in schema]
+    return schema
 
 
 def parse_answer(text: str | None, model: type[BaseModel]) -> BaseModel:
