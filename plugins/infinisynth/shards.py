@@ -91,8 +91,8 @@ def run_stage_shard(
         resumed=run.resumed,
     )
     log.info(
-        "%s.%s shard %d: %d in, %d out, %d rejected %s",
-        pipeline, stage_name, shard, len(rows), len(outputs), len(rejects), result.rejected_by_reason or "",
+        "%s.%s shard %d: %d in, %d out, %d rejected %s; model usage this attempt:\n%s",
+        pipeline, stage_name, shard, len(rows), len(outputs), len(rejects), result.rejected_by_reason or "", usage.table(),
     )
     return result
 
