@@ -277,9 +277,10 @@ def test_recommit_from_another_process_is_seen_and_collected(backend: Backend) -
     second.commit(gen2, SCHEMA)
 
     # The first worker (which listed the partition when it committed) sees the new snapshot.
-    assert first.exists()
     assert first.read().column("text").to_pylist() == ["gen2"] * 4
+    assert [b.num_rows for b in first.iter_batches()] == [4]
     assert first.manifest().rows == 4
+    assert first.exists()
 
     # ... and its next commit collects what it never saw being written.
     gen3 = _generation(first, "gen3", [1])
@@ -338,7 +339,6 @@ def test_reader_racing_a_writer_always_sees_one_whole_generation(backend: Backen
     assert reads >= 20, f"only {reads} reads"
     assert len(commits) >= 3, f"the writer committed only {len(commits)} times while {reads} reads ran"
     assert seen["A"] and seen["B"], f"the reads never saw both generations: {seen} over {len(commits)} commits"
-    print(f"{backend.kind}: {reads} reads ({seen}) during {len(commits)} commits")
 
 
 # -- 5. streaming -----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 ROW_GROUP_ROWS = 10_000
-READ_RETRIES = 1
+READ_RETRIES = 3
 
 
 class StorageError(RuntimeError):
