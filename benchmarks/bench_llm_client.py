@@ -51,18 +51,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--capacity", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=0, help="client max_concurrency; 0 = the capacity")
     args = parser.parse_args()
+    concurrency = args.concurrency or args.capacity
     ideal = args.capacity / args.latency
     with scripted_openai(latency=args.latency, capacity=args.capacity) as server:
         cpu0 = time.process_time()
         wall0 = time.perf_counter()
-        ok, sent = asyncio.run(drive(server.base_url, args.requests, args.capacity))
+        ok, sent = asyncio.run(drive(server.base_url, args.requests, concurrency))
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
         served = server.stats()["total"]
     throughput = args.requests / wall
     result = {
         "requests": args.requests,
+        "client_max_concurrency": concurrency,
         "valid_answers": ok,
         "requests_sent": sent,
         "server_saw": served,

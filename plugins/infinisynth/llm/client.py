@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx2
 import openai
 from aiolimiter import AsyncLimiter
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
 from infinisynth.llm.roles import RoleConfig
@@ -119,7 +120,10 @@ class LLMClient:
             request.update(extra)
         async with self._slots:
             try:
-                response = await self._openai.chat.completions.create(**request)
+                # The client's generic post() keeps its retries and response parsing but skips the
+                # recursive transform of typed params: about a fifth of its CPU per request, and
+                # we build the body ourselves anyway.
+                response = await self._openai.post("/chat/completions", body=request, cast_to=ChatCompletion)
             except openai.APIError as exc:
                 self.usage.record(self.role, stage, failed=True)
                 raise self._rejection_for(exc) from None
