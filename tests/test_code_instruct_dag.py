@@ -79,3 +79,27 @@ def test_reverse_construction_run_publishes_problems_and_accounts_for_every_seed
     airflow_home.dags_test("code_instruct", "2026-01-02", conf, env)
     again = store.partition("code_instruct", "reverse", "2026-01-02").read().to_pylist()
     assert sorted(r["id"] for r in again) == sorted(r["id"] for r in problems)
+
+
+def test_run_writes_to_s3_through_an_airflow_connection(airflow_home, server, tmp_path):
+    """``storage_root=s3://...``: the task resolves the ``infinisynth_s3`` connection itself."""
+    from tests.support.s3 import moto_s3
+
+    server.reset()
+    with moto_s3() as s3:
+        conn = {"conn_type": "aws", **s3.connection()}
+        env = {
+            **connection_env(server.base_url),
+            "AIRFLOW_CONN_INFINISYNTH_S3": json.dumps(conn),
+            "INFINISYNTH_ROOT": "",
+        }
+        root = f"s3://{s3.bucket}/nightly"
+        conf = {"seed_source": str(write_seed_file(tmp_path)), "max_seeds": 4, "shard_size": 2, "storage_root": root}
+
+        output = airflow_home.dags_test("code_instruct", "2026-01-03", conf, env)
+
+        keys = [obj["Key"] for obj in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="nightly/")["Contents"]]
+        assert "nightly/code_instruct/reverse/ds=2026-01-03/_manifest.json" in keys
+        store = store_for(root, lambda conn_id: s3.connection() if conn_id == "infinisynth_s3" else None)
+        assert store.partition("code_instruct", "reverse", "2026-01-03").read().num_rows == 4
+        assert s3.secret not in output
