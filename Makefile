@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
+# llama-cpp-python has no wheel on PyPI and takes minutes to compile: build it once per machine
+# into a wheelhouse that every checkout's set-up reuses.
+LLAMA_CPP := llama-cpp-python==0.3.36
+WHEELHOUSE ?= $(HOME)/.cache/infinisynth/wheels
 
 export AIRFLOW_HOME := $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
@@ -23,8 +27,10 @@ $(VENV)/.installed: requirements.txt scripts/system-deps.sh
 	bash scripts/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(VENV)/bin/uv pip sync --quiet --python $(PY) --find-links /opt/wheels requirements.txt
+	$(PY) -m pip install --quiet --no-deps torch==2.13.0
+	ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl > /dev/null 2>&1 || \
+	  $(PY) -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) $(LLAMA_CPP)
+	$(VENV)/bin/uv pip sync --quiet --python $(PY) --find-links /opt/wheels --find-links $(WHEELHOUSE) requirements.txt
 	touch $@
 
 # Airflow's home inside the project, on SQLite, with the pool model calls share.
