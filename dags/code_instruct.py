@@ -1,14 +1,23 @@
 """
 ### Infinite-Instruct: code instruction data
 
-Real code snippets become self-contained programming problems (Reverse Construction). Seeds are
-mined from source trees or loaded from a Magicoder-OSS-Instruct-shaped file, split into shards,
-and each shard is a mapped task. The logical date is the partition: a re-run or backfill of a date
-rewrites that date's partitions only.
+Bidirectional synthesis over real code:
 
-Data: `{storage_root}/code_instruct/{stage}/ds={date}/`, rejected rows under
-`{storage_root}/code_instruct/rejected/{stage}/ds={date}/`. Model calls use the `llm` pool and the
-`llm_generator` connection (falling back to `llm_default`).
+1. **Reverse Construction**: seed snippets (mined from source trees or a Magicoder-OSS-Instruct
+   file) become self-contained problems.
+2. **Backfeeding Construction**: each problem's task / instruction / knowledge-point keywords feed
+   one knowledge graph (grown night over night); connected keyword triples sampled from it become
+   new problems.
+3. **Quality**: the judge scores every problem on seven dimensions, three times; mean below 6 is
+   rejected. Its complexity dimension is reported by origin.
+4. **Responses**: the generator answers the kept problems; the night's chat-format dataset is
+   published with its funnel.
+
+Each model stage is a mapped task over shards in the `llm` pool; each reduce task commits a stage
+and hands out the next stage's shards. The logical date is the partition: a re-run or backfill
+rewrites that date only. Data: `{storage_root}/code_instruct/{stage}/ds={date}/`, rejected rows
+under `{storage_root}/code_instruct/rejected/{stage}/ds={date}/`. Roles: `llm_generator`,
+`llm_judge` (each falling back to `llm_default`).
 """
 
 from __future__ import annotations
@@ -18,7 +27,11 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-REVERSE_PROBLEMS = Asset(name="code_instruct.reverse", uri="infinisynth://code_instruct/reverse")
+DATASET = Asset(name="code_instruct.dataset", uri="infinisynth://code_instruct/dataset")
+KNOWLEDGE_GRAPH = Asset(name="code_instruct.knowledge_graph", uri="infinisynth://code_instruct/kg_nodes")
+
+MAPPED = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"}
+REDUCE = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still commits
 
 
 @dag(
@@ -35,12 +48,21 @@ REVERSE_PROBLEMS = Asset(name="code_instruct.reverse", uri="infinisynth://code_i
         "seed_roots": Param([], type="array", description="Source trees to mine; empty = the Python standard library and global npm modules"),
         "seed_languages": Param([], type="array", description="Languages to keep (python, javascript, java, cpp, sql, ...); empty = all"),
         "max_seeds": Param(200, type="integer", minimum=1),
-        "shard_size": Param(50, type="integer", minimum=1, description="Seeds per mapped task"),
+        "shard_size": Param(50, type="integer", minimum=1, description="Rows per mapped task"),
         "mining_seed": Param(0, type="integer", description="Random seed for snippet mining"),
-        "problems_per_seed": Param(1, type="integer", minimum=1, maximum=10),
+        "problems_per_seed": Param(1, type="integer", minimum=1, maximum=10, description="Reverse problems per seed snippet"),
+        "backfeed_ratio": Param(0.67, type="number", minimum=0, description="Backfeed problems per reverse problem (paper: 20K / 30K)"),
+        "backfeed_languages": Param([], type="array", description="Target languages of backfeed problems; empty = the seeds' mix"),
+        "reuse_graph": Param(True, type="boolean", description="Grow the knowledge graph from the latest earlier night's"),
+        "sampling_seed": Param(0, type="integer", description="Random seed for keyword-combination sampling"),
+        "quality_samples": Param(3, type="integer", minimum=1, description="Independent judge assessments averaged"),
+        "quality_threshold": Param(6.0, type="number", minimum=1, maximum=10, description="Keep problems whose mean score is at least this"),
+        "min_problem_chars": Param(40, type="integer", minimum=1),
         "generator_model": Param("", type="string", description="Override the generator connection's model"),
         "generator_temperature": Param(None, type=["null", "number"], minimum=0, maximum=2),
         "generator_max_tokens": Param(None, type=["null", "integer"], minimum=1),
+        "judge_model": Param("", type="string", description="Override the judge connection's model"),
+        "judge_temperature": Param(None, type=["null", "number"], minimum=0, maximum=2),
         "storage_root": Param("", type="string", description="Object-storage URL; empty = INFINISYNTH_ROOT or data/ in the project"),
     },
 )
@@ -48,29 +70,54 @@ def code_instruct():
     @task
     def prepare_seeds(params=None, ds=None) -> list[dict]:
         from infinisynth.airflow_env import run_store
-        from infinisynth.pipelines import code_instruct as pipeline
+        from infinisynth.pipelines import code_instruct as p
 
-        return pipeline.prepare_seeds(run_store(params), ds, pipeline.CodeInstructSettings(**params))
+        return p.prepare_seeds(run_store(params), ds, p.CodeInstructSettings(**params))
 
-    @task(pool="llm", max_active_tis_per_dagrun=4, map_index_template="shard {{ task.op_kwargs['shard']['shard'] }}")
-    def reverse_construct(shard: dict, params=None, ds=None) -> dict:
+    @task(**MAPPED)
+    def model_stage(stage: str, shard: dict, params=None, ds=None) -> dict:
         from infinisynth.airflow_env import run_role, run_store
-        from infinisynth.pipelines import code_instruct as pipeline
+        from infinisynth.pipelines import code_instruct as p
 
-        settings = pipeline.CodeInstructSettings(**params)
-        role = run_role("generator", **settings.generator_overrides())
-        return pipeline.reverse_shard(run_store(params), ds, shard, role, settings)
+        return p.run_model_stage(run_store(params), ds, stage, shard, run_role, p.CodeInstructSettings(**params))
 
-    @task(outlets=[REVERSE_PROBLEMS])
-    def publish(shard_results: list[dict], params=None, ds=None) -> dict:
+    @task(**REDUCE)
+    def commit_stage(stage: str, results: list[dict], next_stages: list[str], params=None, ds=None) -> list[dict]:
         from infinisynth.airflow_env import run_role, run_store
-        from infinisynth.pipelines import code_instruct as pipeline
+        from infinisynth.pipelines import code_instruct as p
 
-        settings = pipeline.CodeInstructSettings(**params)
-        role = run_role("generator", **settings.generator_overrides())
-        return pipeline.publish_reverse(run_store(params), ds, list(shard_results), role)
+        store = run_store(params)
+        p.commit(store, ds, stage, list(results), run_role, p.CodeInstructSettings(**params))
+        return p.shards_of(store, ds, *next_stages)
 
-    publish(reverse_construct.expand(shard=prepare_seeds()))
+    @task(**REDUCE, outlets=[KNOWLEDGE_GRAPH])
+    def build_knowledge_graph(results: list[dict], params=None, ds=None) -> list[dict]:
+        from infinisynth.airflow_env import run_role, run_store
+        from infinisynth.pipelines import code_instruct as p
+
+        store, settings = run_store(params), p.CodeInstructSettings(**params)
+        p.commit(store, ds, p.KEYWORD_STAGE, list(results), run_role, settings)
+        return p.plan_backfeed(store, ds, settings)
+
+    @task(**REDUCE, outlets=[DATASET])
+    def publish(results: list[dict], params=None, ds=None) -> dict:
+        from infinisynth.airflow_env import run_role, run_store
+        from infinisynth.pipelines import code_instruct as p
+
+        store = run_store(params)
+        p.commit(store, ds, p.RESPOND_STAGE, list(results), run_role, p.CodeInstructSettings(**params))
+        return p.publish(store, ds)
+
+    reverse = model_stage.override(task_id="reverse_construct").partial(stage="reverse").expand(shard=prepare_seeds())
+    reverse_shards = commit_stage.override(task_id="commit_reverse")(stage="reverse", results=reverse, next_stages=["reverse"])
+    keywords = model_stage.override(task_id="extract_keywords").partial(stage="keywords").expand(shard=reverse_shards)
+    combinations = build_knowledge_graph(keywords)
+    backfeed = model_stage.override(task_id="backfeed_construct").partial(stage="backfeed").expand(shard=combinations)
+    problems = commit_stage.override(task_id="commit_backfeed")(stage="backfeed", results=backfeed, next_stages=["reverse", "backfeed"])
+    scored = model_stage.override(task_id="assess_quality").partial(stage="quality").expand(shard=problems)
+    kept = commit_stage.override(task_id="commit_quality")(stage="quality", results=scored, next_stages=["quality"])
+    answered = model_stage.override(task_id="generate_responses").partial(stage="respond").expand(shard=kept)
+    publish(answered)
 
 
 code_instruct()

@@ -34,7 +34,11 @@ def write_seed_file(directory: Path) -> Path:
     return path
 
 
-def test_reverse_construction_run_publishes_problems_and_accounts_for_every_seed(airflow_home, server, tmp_path):
+LOW_QUALITY = "LOWQ_MARK: write a function that adds two numbers and returns the total value."
+LOW_SCORES = {d: 2 for d in ("specificity", "domain_knowledge", "complexity", "problem_solving", "creativity", "technical_accuracy", "practical_application")}
+
+
+def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airflow_home, server, tmp_path):
     server.reset()
     server.script(
         [
@@ -42,6 +46,9 @@ def test_reverse_construction_run_publishes_problems_and_accounts_for_every_seed
             {"match": "LEAKY_marker", "actions": [{"json": {"problem": "Solve this: " + SEEDS[6]["seed"] + " and explain what it does in detail."}}]},
             # The model never produces valid JSON: rejected after the bounded re-asks.
             {"match": "BROKEN_marker", "actions": [{"content": "{this is not json"}]},
+            # One problem the judge scores low: rejected by the quality gate with its scores.
+            {"match": "def add_0(", "actions": [{"json": {"problem": LOW_QUALITY}}]},
+            {"match": ["LOWQ_MARK", "Score the problem"], "name": "judge-low", "actions": [{"json": {**LOW_SCORES, "rationale": "trivial"}}]},
         ]
     )
     root = f"file://{tmp_path / 'data'}"
@@ -51,34 +58,59 @@ def test_reverse_construction_run_publishes_problems_and_accounts_for_every_seed
     output = airflow_home.dags_test("code_instruct", "2026-01-02", conf, env)
 
     store = store_for(root)
-    problems = store.partition("code_instruct", "reverse", "2026-01-02").read().to_pylist()
-    rejected = store.rejected("code_instruct", "reverse", "2026-01-02").read().to_pylist()
-    seeds = store.partition("code_instruct", "seeds", "2026-01-02").read().to_pylist()
+    ds = "2026-01-02"
+    table = lambda stage: store.partition("code_instruct", stage, ds).read().to_pylist()  # noqa: E731
+    rejected = lambda stage: store.rejected("code_instruct", stage, ds).read().to_pylist()  # noqa: E731
+    seeds, problems = table("seeds"), table("reverse")
     assert len(seeds) == 8
-    assert len(problems) == 6 and len(rejected) == 2  # every seed accounted for
-    assert {r["reason"] for r in rejected} == {"leaks_snippet", "invalid_output"}
-    seed_ids = {s["id"] for s in seeds}
-    for row in problems:
-        assert row["origin"] == "reverse" and row["lang"] == "python"
-        assert row["parent_ids"][0] in seed_ids and len(row["problem"]) >= 40
-    broken = next(r for r in rejected if r["reason"] == "invalid_output")
+    assert len(problems) == 6 and len(rejected("reverse")) == 2  # every seed accounted for
+    assert {r["reason"] for r in rejected("reverse")} == {"leaks_snippet", "invalid_output"}
+    broken = next(r for r in rejected("reverse") if r["reason"] == "invalid_output")
     assert broken["raw_answer"] == "{this is not json" and "BROKEN_marker" in broken["input_json"]
-    # 3 shards were mapped, and the funnel is in the manifest and the task log.
-    assert output.count("code_instruct.reverse shard") >= 3
-    manifest = store.partition("code_instruct", "reverse", "2026-01-02").manifest()
-    funnel = manifest.meta["funnel"]
-    assert funnel["rows_in"] == 8 and funnel["rows_out"] == 6 and funnel["rejected_by_reason"] == {"leaks_snippet": 1, "invalid_output": 1}
-    assert funnel["usage"]["generator/reverse"]["prompt_tokens"] > 0
-    assert manifest.meta["prompt_versions"]["reverse_construction"].startswith("reverse_construction@")
+    seed_ids = {s["id"] for s in seeds}
+    assert all(p["origin"] == "reverse" and p["parent_ids"][0] in seed_ids for p in problems)
+
+    # Backfeeding: keywords from every problem, a graph, connected triples, new problems.
+    keywords = table("keywords")
+    assert len(keywords) == 6 and all(k["task_keywords"] and k["knowledge_keywords"] for k in keywords)
+    nodes = store.partition("code_instruct", "kg_nodes", ds).read().to_pylist()
+    assert {n["kind"] for n in nodes} == {"task", "instruction", "knowledge"}
+    combinations = table("combinations")
+    assert len(combinations) == round(0.67 * 6)
+    backfeed = table("backfeed")
+    assert len(backfeed) + len(rejected("backfeed")) == len(combinations)
+    assert all(b["origin"] == "backfeed" and b["combination"]["task"] for b in backfeed)
+
+    # Quality: every problem of either direction scored 3 times; the low one rejected with scores.
+    scored = table("quality")
+    assert len(scored) + len(rejected("quality")) == len(problems) + len(backfeed)
+    low = [r for r in rejected("quality") if r["reason"] == "low_quality"]
+    assert len(low) == 1 and json.loads(low[0]["evidence_json"])["quality_mean"] == 2
+    assert server.stats()["by_rule"]["judge-low"] == 3  # three independent assessments
+    assert all(s["quality_mean"] >= 6 and s["quality_samples"] == 3 and s["complexity"] for s in scored)
+
+    # Responses and the published chat dataset.
+    dataset = table("dataset")
+    assert len(dataset) == len(table("respond")) == len(scored)
+    for row in dataset:
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert row["messages"][0]["content"] == row["problem"] and row["messages"][1]["content"] == row["response"]
+        assert set(json.loads(row["provenance"])) >= {"quality", "respond"}
+    meta = store.partition("code_instruct", "dataset", ds).manifest().meta
+    stages = [entry["stage"] for entry in meta["funnel"]]
+    assert stages == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond"]
+    assert set(meta["complexity_by_origin"]) == {"reverse", "backfeed"}
+    assert meta["sft"]["learning_rate"] == 2e-5
+    assert "complexity by origin" in output and "funnel" in output
+    for entry in meta["funnel"][1:]:  # the invariant, stage by stage
+        assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]
     # The API key never reaches the log, the data or the manifest.
     assert "sk-test-SECRET-dag" not in output
-    assert "sk-test-SECRET-dag" not in json.dumps(manifest.meta)
-    assert "sk-test-SECRET-dag" not in json.dumps(rejected)
+    assert "sk-test-SECRET-dag" not in json.dumps(meta)
 
-    # A re-run of the same date rewrites that partition: same ids, no duplicates.
-    airflow_home.dags_test("code_instruct", "2026-01-02", conf, env)
-    again = store.partition("code_instruct", "reverse", "2026-01-02").read().to_pylist()
-    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in problems)
+    # A re-run of the same date rewrites its partitions: same ids, no duplicates.
+    airflow_home.dags_test("code_instruct", ds, conf, env)
+    assert sorted(r["id"] for r in table("dataset")) == sorted(r["id"] for r in dataset)
 
 
 def test_run_writes_to_s3_through_an_airflow_connection(airflow_home, server, tmp_path):
@@ -94,12 +126,12 @@ def test_run_writes_to_s3_through_an_airflow_connection(airflow_home, server, tm
             "INFINISYNTH_ROOT": "",
         }
         root = f"s3://{s3.bucket}/nightly"
-        conf = {"seed_source": str(write_seed_file(tmp_path)), "max_seeds": 4, "shard_size": 2, "storage_root": root}
+        conf = {"seed_source": str(write_seed_file(tmp_path)), "max_seeds": 4, "shard_size": 2, "storage_root": root, "backfeed_ratio": 0}
 
         output = airflow_home.dags_test("code_instruct", "2026-01-03", conf, env)
 
         keys = [obj["Key"] for obj in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="nightly/")["Contents"]]
-        assert "nightly/code_instruct/reverse/ds=2026-01-03/_manifest.json" in keys
+        assert "nightly/code_instruct/dataset/ds=2026-01-03/_manifest.json" in keys
         store = store_for(root, lambda conn_id: s3.connection() if conn_id == "infinisynth_s3" else None)
-        assert store.partition("code_instruct", "reverse", "2026-01-03").read().num_rows == 4
+        assert store.partition("code_instruct", "dataset", "2026-01-03").read().num_rows == 4
         assert s3.secret not in output

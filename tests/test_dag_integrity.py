@@ -51,8 +51,14 @@ def test_dag_files_import_quickly_without_network_or_heavy_imports():
 
 def test_code_instruct_dag_shape():
     dag = parse_dags()["dags"]["code_instruct"]
-    assert sorted(dag["tasks"]) == ["prepare_seeds", "publish", "reverse_construct"]
+    assert set(dag["tasks"]) == {
+        "prepare_seeds", "reverse_construct", "commit_reverse", "extract_keywords", "build_knowledge_graph",
+        "backfeed_construct", "commit_backfeed", "assess_quality", "commit_quality", "generate_responses", "publish",
+    }
     assert dag["catchup"] is False
     assert dag["schedule"] == "@daily"
-    for param in ("max_seeds", "shard_size", "seed_source", "problems_per_seed", "generator_model", "storage_root"):
+    for param in (
+        "max_seeds", "shard_size", "seed_source", "problems_per_seed", "backfeed_ratio", "quality_samples",
+        "quality_threshold", "generator_model", "judge_model", "storage_root",
+    ):
         assert param in dag["params"]

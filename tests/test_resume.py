@@ -52,7 +52,7 @@ def prepare(root: str) -> dict:
     partition = store_for(root).partition(PIPELINE, SEED_STAGE, DS)
     data_file = partition.write_table(0, seed_rows())
     partition.commit([data_file], SEED_SCHEMA)
-    return {"shard": 0, "file": data_file.name, "rows": data_file.rows}
+    return {"stage": SEED_STAGE, "shard": 0, "file": data_file.name, "rows": data_file.rows}
 
 
 @pytest.mark.slow

@@ -24,3 +24,11 @@ def display_name(lang: str | None) -> str:
     if not lang:
         return "the same language"
     return DISPLAY_NAMES.get(lang, lang)
+
+
+# Markdown fence tags for code blocks (what renderers and the lint gate recognise).
+FENCE_TAGS = {"shell": "bash", "csharp": "csharp", "cpp": "cpp"}
+
+
+def fence_tag(lang: str | None) -> str:
+    return FENCE_TAGS.get(lang or "", lang or "")

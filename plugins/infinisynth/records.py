@@ -30,6 +30,7 @@ REJECTED_SCHEMA = pa.schema(
         pa.field("reason", pa.string(), nullable=False),  # short machine-readable code
         pa.field("detail", pa.string()),  # human-readable explanation
         pa.field("raw_answer", pa.string()),  # the model's last answer, if any
+        pa.field("evidence_json", pa.string()),  # facts behind the verdict: scores, lint findings
         pa.field("input_json", pa.string()),  # the input row itself, so nothing is lost
     ]
 )

@@ -16,7 +16,7 @@ import posixpath
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -39,6 +39,7 @@ class Rejected:
     reason: str
     detail: str
     raw_answer: str | None = None
+    evidence: dict[str, Any] | None = None  # facts behind the verdict (scores, lint findings)
 
 
 Outcome = Passed | Rejected
@@ -211,6 +212,7 @@ def rejected_row(stage: str, row: dict[str, Any], outcome: Rejected) -> dict[str
         "reason": outcome.reason,
         "detail": outcome.detail,
         "raw_answer": outcome.raw_answer,
+        "evidence_json": canonical_json(outcome.evidence) if outcome.evidence is not None else None,
         "input_json": canonical_json(row),
     }
 
@@ -256,7 +258,7 @@ def _usage_delta(now: dict[str, dict[str, int]], before: dict[str, dict[str, int
 def _outcome_to_json(outcome: Outcome) -> str:
     if isinstance(outcome, Passed):
         return canonical_json({"passed": outcome.rows})
-    return canonical_json({"rejected": {"reason": outcome.reason, "detail": outcome.detail, "raw_answer": outcome.raw_answer}})
+    return canonical_json({"rejected": asdict(outcome)})
 
 
 def _outcome_from_json(text: str) -> Outcome:

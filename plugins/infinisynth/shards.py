@@ -112,6 +112,10 @@ def commit_stage(
     the rejected table.
     """
     results = [ShardResult(**r) for r in shard_results]
+    if not results:  # nothing was mapped (an empty upstream): publish an empty table, not nothing
+        empty = store.partition(pipeline, stage_name, ds).write_table(0, schema.empty_table(), schema)
+        no_rejects = store.rejected(pipeline, stage_name, ds).write_table(0, REJECTED_SCHEMA.empty_table(), REJECTED_SCHEMA)
+        results = [ShardResult(shard=0, rows_in=0, output=empty.to_dict(), rejected=no_rejects.to_dict())]
     rows_in = sum(r.rows_in for r in results)
     rejected = sum(r.rejected["rows"] for r in results)
     out = sum(r.output["rows"] for r in results)

@@ -9,15 +9,18 @@ import json
 import logging
 import sys
 
-from infinisynth.pipelines.code_instruct import CodeInstructSettings, reverse_shard
+from infinisynth.pipelines.code_instruct import REVERSE_STAGE, CodeInstructSettings, run_model_stage
 from infinisynth.settings import role_config, store_for
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     root, ds, shard_json, base_url = sys.argv[1:5]
-    role = role_config("generator", lambda _: {"host": base_url, "extra": {"model": "scripted", "max_concurrency": 2}})
-    result = reverse_shard(store_for(root), ds, json.loads(shard_json), role, CodeInstructSettings())
+    connection = {"host": base_url, "extra": {"model": "scripted", "max_concurrency": 2}}
+    result = run_model_stage(
+        store_for(root), ds, REVERSE_STAGE, json.loads(shard_json),
+        lambda role: role_config(role, lambda _: connection), CodeInstructSettings(),
+    )
     print("RESULT " + json.dumps(result), flush=True)
 
 

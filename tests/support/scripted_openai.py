@@ -7,7 +7,7 @@ prints ``LISTENING <port>`` once it serves. Answers:
   ``json_object`` response formats, or a schema appended to the prompt), with text derived from a
   hash of the prompt, so the same prompt always gets the same answer;
 - by rule: ``POST /_control/rules`` with ``[{"match": "substring", "actions": [...]}]``. The first
-  rule whose ``match`` occurs in the request's messages applies; each distinct prompt walks the
+  rule whose ``match`` occurs in the request's messages (a list: all of them) applies; each distinct prompt walks the
   rule's actions in order and then keeps repeating the last one. An action is an object with any
   of: ``status`` (+ ``retry_after``), ``delay`` (seconds), ``drop`` (close the connection without
   answering), ``content`` (the message text), ``json`` (message text = that value as JSON),
@@ -101,7 +101,8 @@ class ScriptedServer:
 
     def _next_action(self, prompt: str) -> dict[str, Any]:
         for index, rule in enumerate(self.rules):
-            if rule.get("match", "") in prompt:
+            needles = rule.get("match", "")
+            if all(needle in prompt for needle in ([needles] if isinstance(needles, str) else needles)):
                 self.by_rule[rule.get("name", str(index))] += 1
                 key = (index, hashlib.sha1(prompt.encode()).hexdigest())
                 actions = rule["actions"]

@@ -1,23 +1,41 @@
-"""Infinite-Instruct, the code-instruction pipeline: seeds -> Reverse Construction -> publish.
+"""Infinite-Instruct, the code-instruction pipeline, as task bodies for ``dags/code_instruct.py``.
 
-Each function here is the body of one task of ``dags/code_instruct.py``. They take plain values
-(the run's settings, a shard descriptor) and return paths and counts, never datasets.
+    seeds -> reverse -> keywords -> [knowledge graph -> combinations] -> backfeed
+          -> quality (reverse + backfeed problems) -> respond -> publish
+
+Mapped tasks take a shard descriptor ``{"stage", "shard", "file", "rows"}`` naming one data file of
+the stage they read; reduce tasks commit a stage and hand out the next stage's shards. Everything
+here takes plain values and returns paths and counts, never datasets.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from statistics import fmean
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from infinisynth import knowledge_graph as kg
 from infinisynth import seeds
-from infinisynth.llm import RoleConfig
+from infinisynth.llm import LLMClient, RoleConfig
 from infinisynth.prompts import load_prompt
+from infinisynth.records import canonical_json
+from infinisynth.runner import Stage
 from infinisynth.shards import commit_stage, funnel_table, run_stage_shard
+from infinisynth.stages.backfeed import COMBINATION_SCHEMA, BackfeedConstruction
+from infinisynth.stages.keywords import KeywordExtraction
+from infinisynth.stages.problems import ProblemChecks
+from infinisynth.stages.publish import DATASET_SCHEMA, SFT_DEFAULTS, to_chat_rows
+from infinisynth.stages.quality import QualityAssessment, QualitySettings
+from infinisynth.stages.respond import ResponseGeneration
 from infinisynth.stages.reverse import ReverseConstruction, ReverseSettings
 from infinisynth.storage import Store
 
@@ -26,31 +44,60 @@ log = logging.getLogger(__name__)
 PIPELINE = "code_instruct"
 SEED_STAGE = "seeds"
 REVERSE_STAGE = "reverse"
-REVERSE_PROMPT = "reverse_construction"
+KEYWORD_STAGE = "keywords"
+COMBINATION_STAGE = "combinations"
+BACKFEED_STAGE = "backfeed"
+QUALITY_STAGE = "quality"
+RESPOND_STAGE = "respond"
+DATASET_STAGE = "dataset"
+MODEL_STAGES = (REVERSE_STAGE, KEYWORD_STAGE, BACKFEED_STAGE, QUALITY_STAGE, RESPOND_STAGE)
+
+PROMPTS = {
+    REVERSE_STAGE: "reverse_construction",
+    KEYWORD_STAGE: "keyword_extraction",
+    BACKFEED_STAGE: "backfeed_construction",
+    QUALITY_STAGE: "quality_assessment",
+    RESPOND_STAGE: "response",
+}
+# Which role each model-calling stage uses.
+ROLES = {REVERSE_STAGE: "generator", KEYWORD_STAGE: "generator", BACKFEED_STAGE: "generator", QUALITY_STAGE: "judge", RESPOND_STAGE: "generator"}
 
 
 class CodeInstructSettings(BaseModel):
-    """A run's settings: the DAG's Params, validated once, with the papers' defaults."""
+    """A run's settings: the DAG's Params, validated once, with the paper's defaults."""
 
     model_config = ConfigDict(extra="ignore")
 
-    seed_source: str = Field("mine", description="'mine' (snippets from seed_roots) or a Magicoder-shaped Parquet/JSONL path")
-    seed_roots: list[str] = Field(default_factory=list, description="source trees to mine; empty = stdlib + npm modules")
-    seed_languages: list[str] = Field(default_factory=list, description="languages to keep; empty = all")
+    seed_source: str = "mine"  # 'mine' or a Magicoder-OSS-Instruct-shaped Parquet/JSONL path
+    seed_roots: list[str] = Field(default_factory=list)
+    seed_languages: list[str] = Field(default_factory=list)
     max_seeds: int = Field(200, gt=0)
     shard_size: int = Field(50, gt=0)
     mining_seed: int = 0
     problems_per_seed: int = Field(1, ge=1, le=10)
+    backfeed_ratio: float = Field(0.67, ge=0)  # backfeed problems per reverse problem (paper: 20K / 30K)
+    backfeed_languages: list[str] = Field(default_factory=list)  # empty = the seeds' language mix
+    reuse_graph: bool = True  # grow the knowledge graph from the latest earlier night's
+    sampling_seed: int = 0
+    quality_samples: int = Field(3, ge=1)
+    quality_threshold: float = Field(6.0, ge=1, le=10)
+    min_problem_chars: int = Field(40, ge=1)
     generator_model: str = ""
     generator_temperature: float | None = Field(None, ge=0, le=2)
     generator_max_tokens: int | None = Field(None, gt=0)
+    judge_model: str = ""
+    judge_temperature: float | None = Field(None, ge=0, le=2)
 
-    def generator_overrides(self) -> dict[str, Any]:
-        return {
-            "model": self.generator_model or None,
-            "temperature": self.generator_temperature,
-            "max_tokens": self.generator_max_tokens,
-        }
+    def role_overrides(self, role: str) -> dict[str, Any]:
+        if role == "judge":
+            return {"model": self.judge_model or None, "temperature": self.judge_temperature}
+        return {"model": self.generator_model or None, "temperature": self.generator_temperature, "max_tokens": self.generator_max_tokens}
+
+
+RoleResolver = Callable[[str], RoleConfig]
+
+
+# -- seeds -------------------------------------------------------------------------------------
 
 
 def prepare_seeds(store: Store, ds: str, settings: CodeInstructSettings) -> list[dict[str, Any]]:
@@ -59,11 +106,7 @@ def prepare_seeds(store: Store, ds: str, settings: CodeInstructSettings) -> list
     if settings.seed_source == "mine":
         roots = settings.seed_roots or [str(p) for p in seeds.default_seed_roots()]
         table = seeds.mine_snippets(
-            roots,
-            max_snippets=settings.max_seeds,
-            languages=settings.seed_languages or None,
-            seed=settings.mining_seed,
-            stats=stats,
+            roots, max_snippets=settings.max_seeds, languages=settings.seed_languages or None, seed=settings.mining_seed, stats=stats
         )
         source = f"mined from {', '.join(roots)}"
     else:
@@ -73,41 +116,159 @@ def prepare_seeds(store: Store, ds: str, settings: CodeInstructSettings) -> list
         source = settings.seed_source
     if table.num_rows == 0:
         raise ValueError(f"no seeds from {source} (languages: {settings.seed_languages or 'all'})")
-    partition = store.partition(PIPELINE, SEED_STAGE, ds)
-    files = [
-        partition.write_table(n, table.slice(offset, settings.shard_size), table.schema)
-        for n, offset in enumerate(range(0, table.num_rows, settings.shard_size))
-    ]
     languages = dict(sorted(Counter(table.column("lang").to_pylist()).items()))
-    partition.commit(files, table.schema, {"pipeline": PIPELINE, "stage": SEED_STAGE, "ds": ds, "source": source, "languages": languages, "stats": stats.__dict__})
-    log.info("%d seeds from %s in %d shards; languages %s; %s", table.num_rows, source, len(files), languages, stats)
-    return [{"shard": n, "file": f.name, "rows": f.rows} for n, f in enumerate(files)]
+    _write_shards(store, ds, SEED_STAGE, table, settings.shard_size, {"source": source, "languages": languages, "stats": stats.__dict__})
+    log.info("%d seeds from %s; languages %s; %s", table.num_rows, source, languages, stats)
+    return shards_of(store, ds, SEED_STAGE)
 
 
-def reverse_shard(store: Store, ds: str, shard: dict[str, Any], role: RoleConfig, settings: CodeInstructSettings) -> dict[str, Any]:
-    """Reverse Construction over one seed shard (the body of a mapped task)."""
-    rows = store.partition(PIPELINE, SEED_STAGE, ds).read_file(shard["file"]).to_pylist()
-    prompt = load_prompt(REVERSE_PROMPT)
-    stage_settings = ReverseSettings(problems_per_seed=settings.problems_per_seed)
-    result = run_stage_shard(
-        store, PIPELINE, REVERSE_STAGE, ds, shard["shard"], rows, role,
-        lambda client: ReverseConstruction(client, prompt, stage_settings),
+# -- mapped model stages -----------------------------------------------------------------------
+
+
+def run_model_stage(
+    store: Store, ds: str, stage: str, shard: dict[str, Any], roles: RoleResolver, settings: CodeInstructSettings
+) -> dict[str, Any]:
+    """One shard of a model-calling stage (the body of every mapped task)."""
+    rows = store.partition(PIPELINE, shard["stage"], ds).read_file(shard["file"]).to_pylist()
+    role = roles(ROLES[stage]).with_overrides(**settings.role_overrides(ROLES[stage]))
+    factory = _stage_factory(stage, settings)
+    return run_stage_shard(store, PIPELINE, stage, ds, shard["shard"], rows, role, factory).to_dict()
+
+
+def _stage_factory(stage: str, settings: CodeInstructSettings) -> Callable[[LLMClient], Stage]:
+    prompt = load_prompt(PROMPTS[stage])
+    checks = ProblemChecks(min_chars=settings.min_problem_chars)
+    if stage == REVERSE_STAGE:
+        reverse = ReverseSettings(problems_per_seed=settings.problems_per_seed, checks=checks)
+        return lambda client: ReverseConstruction(client, prompt, reverse)
+    if stage == KEYWORD_STAGE:
+        return lambda client: KeywordExtraction(client, prompt)
+    if stage == BACKFEED_STAGE:
+        return lambda client: BackfeedConstruction(client, prompt, checks)
+    if stage == QUALITY_STAGE:
+        quality = QualitySettings(samples=settings.quality_samples, threshold=settings.quality_threshold)
+        return lambda client: QualityAssessment(client, prompt, quality)
+    if stage == RESPOND_STAGE:
+        return lambda client: ResponseGeneration(client, prompt)
+    raise ValueError(f"{stage!r} is not a model-calling stage of {PIPELINE}")
+
+
+_SCHEMAS = {
+    REVERSE_STAGE: ReverseConstruction.schema,
+    KEYWORD_STAGE: KeywordExtraction.schema,
+    BACKFEED_STAGE: BackfeedConstruction.schema,
+    QUALITY_STAGE: QualityAssessment.schema,
+    RESPOND_STAGE: ResponseGeneration.schema,
+}
+
+
+def commit(store: Store, ds: str, stage: str, shard_results: list[dict[str, Any]], roles: RoleResolver, settings: CodeInstructSettings) -> dict[str, Any]:
+    """Publish every shard of ``stage`` at once, with its prompt version and role settings."""
+    role = roles(ROLES[stage]).with_overrides(**settings.role_overrides(ROLES[stage]))
+    meta = {"prompt_versions": {PROMPTS[stage]: load_prompt(PROMPTS[stage]).version}, "roles": {ROLES[stage]: role.public_dict()}}
+    return commit_stage(store, PIPELINE, stage, ds, _SCHEMAS[stage], shard_results, meta=meta)
+
+
+# -- the knowledge graph (reduce, then fan out) -------------------------------------------------
+
+
+def plan_backfeed(store: Store, ds: str, settings: CodeInstructSettings) -> list[dict[str, Any]]:
+    """Build the night's knowledge graph from every keyword row, save it, sample combinations."""
+    keyword_rows = store.partition(PIPELINE, KEYWORD_STAGE, ds).read()
+    previous = kg.latest_graph_before(store, PIPELINE, ds) if settings.reuse_graph else None
+    graph, stats = kg.build_graph(keyword_rows, ds=ds, previous=previous)
+    reverse_rows = store.partition(PIPELINE, REVERSE_STAGE, ds).manifest().rows
+    wanted = round(settings.backfeed_ratio * reverse_rows)
+    combinations = kg.sample_combinations(graph, wanted, seed=settings.sampling_seed) if wanted else []
+    kg.save_graph(store, PIPELINE, ds, graph)  # after sampling: node usage is part of the graph
+    languages = _language_weights(store, ds, settings)
+    rng = random.Random(settings.sampling_seed)
+    rows = [
+        {
+            "id": c.id,
+            "parent_ids": [],
+            "origin": "backfeed",
+            "lang": rng.choices(list(languages), weights=list(languages.values()))[0],
+            "task": c.task,
+            "instruction": c.instruction,
+            "knowledge": c.knowledge,
+            "coherence": c.coherence,
+        }
+        for c in combinations
+    ]
+    table = pa.Table.from_pylist(rows, schema=COMBINATION_SCHEMA)
+    summary = kg.graph_summary(graph)
+    _write_shards(store, ds, COMBINATION_STAGE, table, settings.shard_size, {"graph": summary, "graph_build": asdict(stats), "wanted": wanted})
+    log.info(
+        "knowledge graph: %s nodes, %s edges (grown from %s); %d of %d wanted combinations",
+        summary.get("nodes"), summary.get("edges"), "an earlier night" if previous is not None else "nothing", len(rows), wanted,
     )
-    return result.to_dict()
+    return shards_of(store, ds, COMBINATION_STAGE)
 
 
-def publish_reverse(store: Store, ds: str, shard_results: list[dict[str, Any]], role: RoleConfig) -> dict[str, Any]:
-    """Commit every reverse shard at once and log the night's funnel."""
-    seeds_manifest = store.partition(PIPELINE, SEED_STAGE, ds).manifest()
-    funnel = commit_stage(
-        store, PIPELINE, REVERSE_STAGE, ds, ReverseConstruction.schema, shard_results,
-        meta={"prompt_versions": {REVERSE_PROMPT: load_prompt(REVERSE_PROMPT).version}, "roles": {"generator": role.public_dict()}},
-    )
-    seed_entry = {"stage": SEED_STAGE, "rows_in": seeds_manifest.rows, "inputs_passed": seeds_manifest.rows, "rows_out": seeds_manifest.rows, "rejected": 0}
-    log.info("code_instruct %s funnel\n%s", ds, funnel_table([seed_entry, funnel]))
-    return {
-        "partition": store.partition(PIPELINE, REVERSE_STAGE, ds).url,
-        "rows": funnel["rows_out"],
-        "rejected": funnel["rejected"],
-    }
+def _language_weights(store: Store, ds: str, settings: CodeInstructSettings) -> dict[str, float]:
+    if settings.backfeed_languages:
+        return {lang: 1.0 for lang in settings.backfeed_languages}
+    counts = Counter(store.partition(PIPELINE, SEED_STAGE, ds).read(columns=["lang"]).column("lang").to_pylist())
+    return {str(lang): float(n) for lang, n in sorted(counts.items(), key=lambda kv: str(kv[0]))}
+
+
+# -- publishing ---------------------------------------------------------------------------------
+
+
+def publish(store: Store, ds: str) -> dict[str, Any]:
+    """Chat-format rows from every answered problem, with the night's funnel and complexity report."""
+    answered = store.partition(PIPELINE, RESPOND_STAGE, ds).read()
+    dataset = to_chat_rows(answered)
+    funnel = night_funnel(store, ds)
+    complexity = complexity_by_origin(store, ds)
+    meta = {"pipeline": PIPELINE, "stage": DATASET_STAGE, "ds": ds, "funnel": funnel, "complexity_by_origin": complexity, "sft": SFT_DEFAULTS}
+    store.partition(PIPELINE, DATASET_STAGE, ds).write_and_commit(dataset, meta=meta, schema=DATASET_SCHEMA)
+    log.info("code_instruct %s funnel\n%s", ds, funnel_table(funnel))
+    log.info("complexity by origin (paper: seed 3.17, reverse 5.85, backfeed 6.83): %s", canonical_json(complexity))
+    return {"partition": store.partition(PIPELINE, DATASET_STAGE, ds).url, "rows": dataset.num_rows}
+
+
+def night_funnel(store: Store, ds: str) -> list[dict[str, Any]]:
+    seeds_rows = store.partition(PIPELINE, SEED_STAGE, ds).manifest().rows
+    entries = [{"stage": SEED_STAGE, "rows_in": seeds_rows, "inputs_passed": seeds_rows, "rows_out": seeds_rows, "rejected": 0, "rejected_by_reason": {}, "usage": {}}]
+    for stage in MODEL_STAGES:
+        partition = store.partition(PIPELINE, stage, ds)
+        if partition.exists():
+            entries.append(partition.manifest().meta["funnel"])
+    return entries
+
+
+def complexity_by_origin(store: Store, ds: str) -> dict[str, dict[str, float]]:
+    """Mean judge complexity per origin over every assessed problem, kept or rejected."""
+    values: dict[str, list[float]] = {}
+    scored = store.partition(PIPELINE, QUALITY_STAGE, ds).read(columns=["origin", "complexity"])
+    for origin, value in zip(scored.column("origin").to_pylist(), scored.column("complexity").to_pylist()):
+        values.setdefault(origin, []).append(value)
+    rejected = store.rejected(PIPELINE, QUALITY_STAGE, ds).read(columns=["reason", "evidence_json"])
+    for reason, evidence in zip(rejected.column("reason").to_pylist(), rejected.column("evidence_json").to_pylist()):
+        if reason == "low_quality" and evidence:
+            facts = json.loads(evidence)
+            values.setdefault(facts["origin"], []).append(facts["complexity"])
+    return {origin: {"mean": round(fmean(v), 2), "problems": len(v)} for origin, v in sorted(values.items())}
+
+
+# -- shards -------------------------------------------------------------------------------------
+
+
+def shards_of(store: Store, ds: str, *stages: str) -> list[dict[str, Any]]:
+    """The non-empty data files of committed stages, numbered as one list of shards."""
+    shards: list[dict[str, Any]] = []
+    for stage in stages:
+        for data_file in store.partition(PIPELINE, stage, ds).manifest().files:
+            if data_file.rows:
+                shards.append({"stage": stage, "shard": len(shards), "file": data_file.name, "rows": data_file.rows})
+    return shards
+
+
+def _write_shards(store: Store, ds: str, stage: str, table: pa.Table, shard_size: int, meta: dict[str, Any]) -> None:
+    partition = store.partition(PIPELINE, stage, ds)
+    offsets = range(0, table.num_rows, shard_size) or [0]  # an empty table still commits, with its schema
+    files = [partition.write_table(n, table.slice(offset, shard_size), table.schema) for n, offset in enumerate(offsets)]
+    partition.commit(files, table.schema, {"pipeline": PIPELINE, "stage": stage, "ds": ds, **meta})
 

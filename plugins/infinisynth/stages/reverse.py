@@ -8,53 +8,26 @@ none of whose problems survive goes to ``rejected`` with the first reason.
 from __future__ import annotations
 
 import asyncio
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import pyarrow as pa
-from pydantic import BaseModel, Field
 
 from infinisynth.languages import display_name
 from infinisynth.llm import LLMClient, LLMRejection
 from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id, schema_with
+from infinisynth.records import content_id
 from infinisynth.runner import Outcome, Passed, Rejected
-
-# Phrases that only make sense to someone who has seen the snippet.
-_REFERS_TO_SNIPPET = re.compile(
-    r"\b(the|this|above|given|provided|following) (code )?(snippet|code above|above code)\b"
-    r"|\bin the (code|snippet) (above|provided|given)\b",
-    re.IGNORECASE,
-)
-
-
-class ReverseProblem(BaseModel):
-    problem: str = Field(min_length=1)
+from infinisynth.stages.problems import PROBLEM_SCHEMA, ProblemAnswer, ProblemChecks, check_problem, with_provenance
 
 
 @dataclass(frozen=True)
 class ReverseSettings:
     problems_per_seed: int = 1
-    min_problem_chars: int = 40
-    max_problem_chars: int = 8_000
-    leak_line_chars: int = 20  # snippet lines at least this long count as substantive
-    leak_max_lines: int = 2  # copying more substantive lines than this is a leak ...
-    leak_max_fraction: float = 0.5  # ... and so is copying this share of them or more
-
-
-SCHEMA = schema_with(
-    pa.field("problem", pa.string(), nullable=False),
-    pa.field("seed", pa.string()),
-    pa.field("variant", pa.int32()),
-    pa.field("prompt_version", pa.string()),
-    pa.field("model", pa.string()),
-)
+    checks: ProblemChecks = field(default_factory=ProblemChecks)
 
 
 class ReverseConstruction:
     name = "reverse"
-    schema = SCHEMA
+    schema = PROBLEM_SCHEMA
 
     def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: ReverseSettings = ReverseSettings()):
         self.client = client
@@ -79,11 +52,11 @@ class ReverseConstruction:
             lang=row.get("lang") or "", lang_name=display_name(row.get("lang")), snippet=row["seed"], variant=variant
         )
         try:
-            answer = await self.client.structured(messages, ReverseProblem, stage=self.name)
+            answer = await self.client.structured(messages, ProblemAnswer, stage=self.name)
         except LLMRejection as rejection:
             return Rejected(rejection.reason, rejection.detail, rejection.raw_answer)
         problem = answer.problem.strip()
-        problem_check = check_problem(problem, row["seed"], self.settings)
+        problem_check = check_problem(problem, self.settings.checks, snippet=row["seed"])
         if problem_check is not None:
             reason, detail = problem_check
             return Rejected(reason, detail, raw_answer=problem)
@@ -94,33 +67,7 @@ class ReverseConstruction:
             "lang": row.get("lang"),
             "problem": problem,
             "seed": row["seed"],
+            "combination": None,
             "variant": variant,
-            "prompt_version": self.prompt.version,
-            "model": self.client.config.model,
+            "provenance": with_provenance({}, self.name, self.prompt.version, self.client.config.model),
         }
-
-
-def check_problem(problem: str, snippet: str, settings: ReverseSettings) -> tuple[str, str] | None:
-    """``(reason, detail)`` if the problem is unusable, else None."""
-    if len(problem) < settings.min_problem_chars:
-        return "too_short", f"problem has {len(problem)} characters; at least {settings.min_problem_chars} needed"
-    if len(problem) > settings.max_problem_chars:
-        return "too_long", f"problem has {len(problem)} characters; at most {settings.max_problem_chars} allowed"
-    substantive, copied = copied_lines(problem, snippet, settings.leak_line_chars)
-    if copied and (len(copied) > settings.leak_max_lines or len(copied) >= settings.leak_max_fraction * substantive):
-        return "leaks_snippet", f"{len(copied)} of {substantive} seed snippet lines appear verbatim, e.g. {copied[0]!r}"
-    mention = _REFERS_TO_SNIPPET.search(problem)
-    if mention:
-        return "not_self_contained", f"refers to code the solver cannot see: {mention.group(0)!r}"
-    return None
-
-
-def copied_lines(problem: str, snippet: str, min_chars: int) -> tuple[int, list[str]]:
-    """(number of substantive snippet lines, those of them found verbatim in the problem).
-
-    Whitespace is normalized on both sides, so re-indenting a copy does not hide it.
-    """
-    flat_problem = " ".join(problem.split())
-    lines = {" ".join(line.split()) for line in snippet.splitlines()}
-    substantive = [line for line in lines if len(line) >= min_chars]
-    return len(substantive), sorted(line for line in substantive if line in flat_problem)
