@@ -14,7 +14,7 @@ from infinisynth.llm import LLMClient
 from infinisynth.model_server import embedded_connection
 from infinisynth.prompts import load_prompt
 from infinisynth.settings import role_config, store_for
-from infinisynth.stages.reverse import ReverseProblem
+from infinisynth.stages.problems import ProblemAnswer
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +27,10 @@ def test_structured_answer_from_embedded_model_validates(embedded_model):
 
     async def ask():
         async with LLMClient(role) as client:
-            return await client.structured(messages, ReverseProblem, stage="reverse"), client.usage.snapshot()
+            return await client.structured(messages, ProblemAnswer, stage="reverse"), client.usage.snapshot()
 
     answer, usage = asyncio.run(ask())
-    assert isinstance(answer, ReverseProblem) and answer.problem.strip()
+    assert isinstance(answer, ProblemAnswer) and answer.problem.strip()
     assert usage["generator/reverse"]["prompt_tokens"] > 50
     assert usage["generator/reverse"]["completion_tokens"] > 0
 
@@ -49,13 +49,17 @@ def test_code_instruct_dag_on_embedded_model(airflow_home, embedded_model, tmp_p
     airflow_home.dags_test("code_instruct", "2026-02-03", {"seed_source": str(seeds), "shard_size": 2}, env)
 
     store = store_for(root)
-    problems = store.partition("code_instruct", "reverse", "2026-02-03").read().to_pylist()
-    rejected = store.rejected("code_instruct", "reverse", "2026-02-03").read().to_pylist()
-    parents = {p["parent_ids"][0] for p in problems}
-    assert len(parents) + len(rejected) == len(snippets)  # every seed accounted for
-    for row in problems:
-        assert row["problem"].strip() and row["origin"] == "reverse" and row["model"] == "smollm2-135m-instruct"
-    for row in rejected:
-        assert row["reason"] and row["detail"]
-    funnel = store.partition("code_instruct", "reverse", "2026-02-03").manifest().meta["funnel"]
-    assert funnel["usage"]["generator/reverse"]["completion_tokens"] > 0
+    manifest = store.partition("code_instruct", "dataset", "2026-02-03").manifest()
+    funnel = {entry["stage"]: entry for entry in manifest.meta["funnel"]}
+    assert list(funnel) == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond"]
+    for entry in list(funnel.values())[1:]:  # every stage accounts for every input row
+        assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]
+    assert funnel["reverse"]["rows_in"] == len(snippets)
+    assert funnel["quality"]["usage"]["judge/quality"]["requests"] >= 3 * funnel["quality"]["rows_in"]
+    dataset = store.partition("code_instruct", "dataset", "2026-02-03").read().to_pylist()
+    assert len(dataset) == funnel["respond"]["rows_out"]
+    for row in dataset:
+        assert row["messages"][1]["content"].strip() and row["quality_mean"] >= 6
+    for stage in ("reverse", "quality"):
+        for row in store.rejected("code_instruct", stage, "2026-02-03").read().to_pylist():
+            assert row["reason"] and row["detail"]

@@ -6,6 +6,7 @@ import posixpath
 from dataclasses import dataclass
 
 from infinisynth.llm.usage import format_table
+from infinisynth.shards import funnel_table
 from infinisynth.storage import MANIFEST, Partition, Store, partition_key
 
 
@@ -39,3 +40,16 @@ def tables_report(store: Store, ds: str) -> str:
     rows = [("pipeline", "table", "rows", "location")]
     rows += [(t.pipeline, t.table, t.rows, t.url) for t in tables]
     return format_table(rows)
+
+
+def funnel_report(store: Store, pipeline: str, ds: str, table: str = "dataset") -> str:
+    """The funnel (and complexity by origin, where measured) recorded in a published table."""
+    partition = store.partition(pipeline, table, ds)
+    if not partition.exists():
+        return f"no published {table} for {pipeline} ds={ds}"
+    meta = partition.manifest().meta
+    text = funnel_table(meta.get("funnel", []))
+    if meta.get("complexity_by_origin"):
+        means = ", ".join(f"{origin} {v['mean']} (n={v['problems']})" for origin, v in meta["complexity_by_origin"].items())
+        text += f"\ncomplexity by origin: {means}  (paper: seed 3.17, reverse 5.85, backfeed 6.83)"
+    return text

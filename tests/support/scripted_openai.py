@@ -175,6 +175,8 @@ def fill(schema: dict[str, Any], root: dict[str, Any], seed: str) -> Any:
             options = [s for s in schema[combiner] if s.get("type") != "null"] or schema[combiner]
             return fill(options[0], root, seed)
     if "enum" in schema:
+        if 7 in schema["enum"]:  # numeric scores: the same passing 7 as a plain integer gets
+            return 7
         return schema["enum"][int(seed[:4], 16) % len(schema["enum"])]
     if "const" in schema:
         return schema["const"]

@@ -70,7 +70,7 @@ def parse_answer(text: str | None, model: type[BaseModel]) -> BaseModel:
         raise InvalidAnswer("empty answer")
     candidate = _extract_json(text)
     try:
-        value = json.loads(candidate)
+        value = json.loads(candidate, strict=False)  # raw newlines in strings: the schema still rules
     except json.JSONDecodeError as exc:
         raise InvalidAnswer(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     try:

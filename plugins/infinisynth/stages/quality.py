@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from statistics import fmean
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
@@ -33,18 +33,20 @@ DIMENSIONS = (
     "practical_application",
 )
 
-Score = Field(ge=1, le=10)
+# An enum rather than a 1..10 range: grammar-constrained decoders (llama.cpp) enforce enums but
+# not numeric bounds, so small models cannot answer 34.
+Score = Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
 
 
 class Assessment(BaseModel):
-    specificity: int = Score
-    domain_knowledge: int = Score
-    complexity: int = Score
-    problem_solving: int = Score
-    creativity: int = Score
-    technical_accuracy: int = Score
-    practical_application: int = Score
-    rationale: str = ""
+    specificity: Score
+    domain_knowledge: Score
+    complexity: Score
+    problem_solving: Score
+    creativity: Score
+    technical_accuracy: Score
+    practical_application: Score
+    rationale: str = Field("", max_length=500)
 
 
 QUALITY_FIELDS = [
