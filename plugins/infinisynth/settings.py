@@ -9,6 +9,9 @@ Object storage for ``s3://`` roots comes from the connection named by ``INFINISY
 (default ``infinisynth_s3``): ``login``/``password`` are the access key pair, ``extra.endpoint_url``
 points at MinIO or any S3-compatible server.
 
+The static verification gate runs in-process unless ``INFINISYNTH_LINT_URL`` or the connection
+``lint_service`` names the lint sidecar (``make lint-service``).
+
 The library takes a ``lookup(conn_id) -> dict | None`` so it runs without Airflow; inside tasks
 the DAG layer passes Airflow's own connection lookup (secrets backends included).
 """
@@ -83,6 +86,19 @@ def store_for(root: str | None = None, lookup: ConnectionLookup = env_connection
             if client_kwargs:
                 options["client_kwargs"] = client_kwargs
     return Store(root, options)
+
+
+def lint_service_url(lookup: ConnectionLookup = env_connection) -> str | None:
+    """The lint sidecar's base URL: ``INFINISYNTH_LINT_URL``, else the ``lint_service`` connection
+    (``host``, or ``schema``/``host``/``port``), else None: lint in-process."""
+    url = os.environ.get("INFINISYNTH_LINT_URL")
+    conn = None if url else lookup("lint_service")
+    if conn is not None:
+        url = (conn.get("host") or "").strip()
+        if url and "://" not in url:
+            port = f":{conn['port']}" if conn.get("port") else ""
+            url = f"{conn.get('schema') or 'http'}://{url}{port}"
+    return url.rstrip("/") if url else None
 
 
 def _base_url(conn: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from infinisynth.records import content_id
 from infinisynth.verify import sandbox
@@ -215,4 +215,10 @@ class LocalGate:
             except (LinterError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 detail = str(exc) or type(exc).__name__
                 raise _RunFailed(LINT_MEMORY if _OUT_OF_MEMORY.search(detail) else LINT_CRASH, detail[-500:]) from None
-        return {sample.key: found.by_file.get(name, []) for sample, name in zip(samples, names)}, found.stray
+        # Our random file names in messages would make equal samples' findings differ between runs.
+        return {sample.key: [_without_name(f, name) for f in found.by_file.get(name, [])] for sample, name in zip(samples, names)}, found.stray
+
+
+def _without_name(finding: Finding, name: str) -> Finding:
+    stem = name.rsplit(".", 1)[0]
+    return replace(finding, message=finding.message.replace(name, "<sample>").replace(stem, "<sample>"))

@@ -18,15 +18,19 @@ import isort  # noqa: F401  (pylint imports these lazily; load them while site-p
 import tomlkit  # noqa: F401
 from pylint.lint import PyLinter, Run
 
-_paths = sysconfig.get_paths()
-_STDLIB = [_paths["stdlib"], _paths["platstdlib"], f"{_paths['platstdlib']}/lib-dynload"]
-_check = PyLinter.check
+
+def main(argv: list[str]) -> None:
+    paths = sysconfig.get_paths()
+    stdlib = [paths["stdlib"], paths["platstdlib"], f"{paths['platstdlib']}/lib-dynload"]
+    check = PyLinter.check
+
+    def check_with_stdlib_only(self: PyLinter, files_or_modules: list[str]) -> None:
+        sys.path[:] = stdlib
+        check(self, files_or_modules)
+
+    PyLinter.check = check_with_stdlib_only  # type: ignore[method-assign]
+    Run(argv, exit=False)
 
 
-def _check_with_stdlib_only(self: PyLinter, files_or_modules: list[str]) -> None:
-    sys.path[:] = _STDLIB
-    _check(self, files_or_modules)
-
-
-PyLinter.check = _check_with_stdlib_only  # type: ignore[method-assign]
-Run(sys.argv[1:], exit=False)
+if __name__ == "__main__":
+    main(sys.argv[1:])
