@@ -51,6 +51,7 @@ model-server: setup
 
 bench: setup
 	$(PY) benchmarks/bench_llm_client.py
+	$(PY) benchmarks/bench_code_pipeline.py
 
 # Re-resolve requirements.in into the fully pinned requirements.txt.
 lock: $(VENV)/.installed
