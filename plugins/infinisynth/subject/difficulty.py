@@ -1,0 +1,81 @@
+"""Difficulty scores (judge role), before and after evolution.
+
+The paper shows evolution raises difficulty by rating seeds and evolved instructions with one judge.
+This stage scores any instruction row (seeds are generation 0) ``samples`` times and keeps the mean;
+the run report compares the means by generation. A row whose samples are all unusable is rejected
+with the judge's failure reason, so it is visible rather than silently missing from the mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from infinisynth.llm import LLMClient, LLMRejection
+from infinisynth.prompts import PromptTemplate
+from infinisynth.records import content_id, schema_with
+from infinisynth.runner import Outcome, Passed, Rejected
+
+# An enum, not a range: grammar-constrained decoders (llama.cpp) enforce enums but not bounds.
+Score = Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+DIFFICULTY_SCHEMA = schema_with(
+    pa.field("instruction", pa.string(), nullable=False),
+    pa.field("seed_id", pa.string()),
+    pa.field("generation", pa.int32()),
+    pa.field("difficulty", pa.float64()),
+    pa.field("difficulty_samples", pa.int32()),
+    pa.field("difficulty_rationale", pa.string()),
+)
+
+
+class DifficultyAnswer(BaseModel):
+    difficulty: Score
+    rationale: str = Field("", max_length=500)
+
+
+@dataclass(frozen=True)
+class DifficultySettings:
+    samples: int = 1
+
+
+class Difficulty:
+    name = "difficulty"
+    schema = DIFFICULTY_SCHEMA
+
+    def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: DifficultySettings = DifficultySettings()):
+        self.client = client
+        self.prompt = prompt
+        self.settings = settings
+
+    def cache_key(self, row: dict[str, Any]) -> str:
+        config = self.client.config
+        return content_id(self.prompt.version, config.model, config.temperature, config.seed, self.settings.samples)
+
+    async def process(self, row: dict[str, Any]) -> Outcome:
+        messages = self.prompt.render(instruction=row["instruction"])
+        samples = await self.client.structured_samples(messages, DifficultyAnswer, stage=self.name, n=self.settings.samples)
+        valid = [s for s in samples if isinstance(s, DifficultyAnswer)]
+        if not valid:
+            failure = next(s for s in samples if isinstance(s, LLMRejection))
+            return Rejected(failure.reason, f"no usable difficulty rating of {self.settings.samples}; {failure.detail}", failure.raw_answer)
+        return Passed(
+            [
+                {
+                    "id": row["id"],
+                    "parent_ids": list(row.get("parent_ids") or []),
+                    "origin": row["origin"],
+                    "lang": row.get("lang"),
+                    "instruction": row["instruction"],
+                    "seed_id": row.get("seed_id") or row["id"],
+                    "generation": int(row.get("generation") or 0),
+                    "difficulty": round(fmean(s.difficulty for s in valid), 3),
+                    "difficulty_samples": len(valid),
+                    "difficulty_rationale": valid[0].rationale,
+                }
+            ]
+        )
