@@ -51,12 +51,18 @@ def env_connection(conn_id: str) -> dict[str, Any] | None:
     return value
 
 
+# Roles that borrow another role's connection before ``llm_default``: the oracle judges answers,
+# so an installation with a judge model but no oracle uses the judge.
+ROLE_FALLBACKS: dict[str, tuple[str, ...]] = {"oracle": ("judge",)}
+
+
 def role_config(role: str, lookup: ConnectionLookup = env_connection, **overrides: Any) -> RoleConfig:
-    """The settings for ``role``: its connection, else ``llm_default``, then ``overrides``."""
-    conn = lookup(f"llm_{role}") or lookup("llm_default")
+    """The settings for ``role``: its connection, else its fallbacks', else ``llm_default``, then ``overrides``."""
+    names = [f"llm_{r}" for r in (role, *ROLE_FALLBACKS.get(role, ()))] + ["llm_default"]
+    conn = next((found for found in map(lookup, names) if found is not None), None)
     if conn is None:
         raise LookupError(
-            f"no connection for the {role!r} role: define 'llm_{role}' or 'llm_default' "
+            f"no connection for the {role!r} role: define one of {names} "
             "(host = OpenAI-compatible base URL, password = API key, extra.model = model id)"
         )
     extra = dict(conn.get("extra") or {})
