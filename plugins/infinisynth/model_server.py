@@ -46,6 +46,10 @@ def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 4096) -> lis
         "--n_ctx", str(n_ctx),
         "--n_threads", str(os.cpu_count() or 1),
         "--verbose", "false",
+        # SmolLM2 adds no BOS token, and without one llama-cpp-python pairs each echoed prompt token
+        # with the next position's log-probability. <|endoftext|> as BOS (a document start, as in
+        # pre-training) makes the base role's prompt log-probabilities right.
+        "--kv_overrides", "tokenizer.ggml.add_bos_token=bool:true", "tokenizer.ggml.bos_token_id=int:0",
     ]
 
 

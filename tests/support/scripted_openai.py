@@ -13,6 +13,13 @@ prints ``LISTENING <port>`` once it serves. Answers:
   answering), ``content`` (the message text), ``json`` (message text = that value as JSON),
   ``body`` (a raw HTTP 200 body, e.g. broken JSON), ``default`` (answer as if no rule matched).
 
+``POST /v1/completions`` (the legacy API) answers the same way and follows the same rules, matched
+against the prompt; with ``logprobs`` it returns per-token log-probabilities (``echo`` puts the
+prompt's tokens first). Tokens are whitespace-led words; a token scores -0.25 if the same word
+occurred earlier in the text, else -2 to -4 (from a hash of the word): context that repeats the
+answer's words makes it likelier, as with a real model. A rule action ``token_logprob`` fixes the
+score of every token instead.
+
 ``GET /_control/stats`` counts requests (total, per rule, per status); ``POST /_control/reset``
 clears rules and counters. ``--capacity`` bounds requests served at once; the rest queue.
 """
@@ -30,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+TOKEN = re.compile(r"\n|[^\S\n]*\S+|[^\S\n]+")  # legacy completions: newlines, then space-led words
 SCHEMA_MARKER = re.compile(r"matches this JSON schema[^\n]*\n(\{.*\})\s*$", re.DOTALL)
 WORDS = (
     "implement a function that parses the input records, validates every field, groups the "
@@ -99,6 +107,22 @@ class ScriptedServer:
             finally:
                 self.in_flight -= 1
 
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        self.total += 1
+        self.auth_headers.add(request.headers.get("Authorization", ""))
+        body = await request.json()
+        prompt = body.get("prompt", "")
+        prompt = prompt if isinstance(prompt, str) else "".join(map(str, prompt))
+        action = self._next_action(prompt)
+        async with self.capacity:
+            delay = action.get("delay", 0.0) + self.latency
+            if delay:
+                await asyncio.sleep(delay)
+            if action.get("drop") or int(action.get("status", 200)) != 200 or "body" in action:
+                return self._respond(request, body, prompt, action)
+            self.by_status[200] += 1
+            return web.json_response(text_completion(body, prompt, action))
+
     def _next_action(self, prompt: str) -> dict[str, Any]:
         for index, rule in enumerate(self.rules):
             needles = rule.get("match", "")
@@ -142,6 +166,38 @@ def completion(body: dict[str, Any], prompt: str, content: str) -> dict[str, Any
         "created": 0,
         "model": body.get("model", "scripted"),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def text_completion(body: dict[str, Any], prompt: str, action: dict[str, Any]) -> dict[str, Any]:
+    """A legacy completion: ``" ok"`` per requested token, with log-probabilities if asked."""
+    generated = " ok" * min(int(body.get("max_tokens", 16) or 0), 1)
+    text = prompt + generated if body.get("echo") else generated
+    tokens = re.findall(TOKEN, text)
+    offsets, position, seen, scores = [], 0, set(), []
+    for token in tokens:
+        offsets.append(position)
+        position += len(token)
+        word = token.strip().lower()
+        if "token_logprob" in action:
+            scores.append(float(action["token_logprob"]))
+        else:
+            scores.append(-0.25 if word in seen else -2.0 - int(hashlib.sha1(word.encode()).hexdigest()[:4], 16) / 32768)
+        seen.add(word)
+    if body.get("echo") and scores:
+        scores[0] = None  # the first token has no context (the OpenAI API's convention)
+    logprobs = None
+    if body.get("logprobs") is not None:
+        top = [None if s is None else {t: s} for t, s in zip(tokens, scores)]
+        logprobs = {"tokens": tokens, "token_logprobs": scores, "text_offset": offsets, "top_logprobs": top}
+    prompt_tokens, completion_tokens = len(re.findall(TOKEN, prompt)), len(re.findall(r"\S+", generated))
+    return {
+        "id": "cmpl-" + hashlib.sha1(prompt.encode()).hexdigest()[:12],
+        "object": "text_completion",
+        "created": 0,
+        "model": body.get("model", "scripted"),
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "length"}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     }
 
@@ -207,6 +263,7 @@ def make_app(latency: float, capacity: int) -> web.Application:
     app.add_routes(
         [
             web.post("/v1/chat/completions", server.chat),
+            web.post("/v1/completions", server.completions),
             web.get("/v1/models", server.models),
             web.post("/_control/rules", server.set_rules),
             web.post("/_control/reset", server.reset),

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx2
 import openai
 from aiolimiter import AsyncLimiter
+from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
@@ -158,6 +159,42 @@ class LLMClient:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
+
+    # -- legacy completions (prompt log-probabilities) --------------------------------------------
+
+    async def completion(
+        self,
+        prompt: str,
+        *,
+        stage: str,
+        max_tokens: int = 1,
+        temperature: float = 0.0,
+        extra: dict[str, Any] | None = None,
+    ) -> Completion:
+        """One ``/completions`` request (e.g. ``echo`` + ``logprobs`` to score a text with a base
+        model); transport failures end as :class:`LLMRejection` like :meth:`chat`."""
+        if self._openai is None:
+            raise RuntimeError("LLMClient must be used inside 'async with'")
+        await self._throttle([{"content": prompt}], max_tokens)
+        request: dict[str, Any] = {"model": self.config.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+        if extra:
+            request.update(extra)
+        async with self._slots:
+            try:
+                response = await self._openai.post("/completions", body=request, cast_to=Completion)
+            except openai.APIError as exc:
+                self.usage.record(self.role, stage, failed=True)
+                raise self._rejection_for(exc) from None
+            except json.JSONDecodeError as exc:
+                self.usage.record(self.role, stage, failed=True)
+                raise LLMRejection("invalid_output", self._redact(f"HTTP 200 from {self.config.base_url} with a body that is not JSON ({exc.msg})")) from None
+        usage = getattr(response, "usage", None)
+        self.usage.record(
+            self.role, stage,
+            prompt_tokens=(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0,
+            completion_tokens=(getattr(usage, "completion_tokens", 0) or 0) if usage else 0,
+        )  # fmt: skip
+        return response
 
     # -- structured ----------------------------------------------------------------------------
 
