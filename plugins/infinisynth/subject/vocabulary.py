@@ -406,14 +406,17 @@ def _row_tags(
     _, first = np.unique(rows * max(n, 1) + canonical, return_index=True)
     first.sort()
     tag_rows, tag_values = rows[first], canonical[first]
-    tags = _lists(n_rows, tag_rows, pa.array([keys[c] for c in tag_values], pa.string()))
+    tags = _lists(n_rows, tag_rows, pa.array(keys, pa.string()).take(pa.array(tag_values)))
 
     domain_names = sorted(set(domain_of.values()))
     domain_code = {name: i for i, name in enumerate(domain_names)}
-    codes = np.array([domain_code[domain_of[int(c)]] for c in tag_values], dtype=np.int64)
+    code_of = np.full(max(n, 1), -1, dtype=np.int64)
+    for leader, name in domain_of.items():
+        code_of[leader] = domain_code[name]
+    codes = code_of[tag_values]
     _, first_domain = np.unique(tag_rows * max(len(domain_names), 1) + codes, return_index=True)
     first_domain.sort()
-    domains = _lists(n_rows, tag_rows[first_domain], pa.array([domain_names[c] for c in codes[first_domain]], pa.string()))
+    domains = _lists(n_rows, tag_rows[first_domain], pa.array(domain_names, pa.string()).take(pa.array(codes[first_domain])))
     return pa.table({"id": ids, "tags": tags, "domains": domains}, schema=ROW_TAGS_SCHEMA)
 
 
