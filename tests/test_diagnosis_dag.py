@@ -155,3 +155,38 @@ def test_two_iterations_chained_through_model_registration_events(airflow_home, 
     assert json.loads(second["ranking_json"])[0]["knowledge_area"] == "interval scheduling"
     report = (tmp_path / "data" / "diagnosis" / "reports" / second["partition"] / "report.md").read_text()
     assert "model-v1" in report and "model-v2" in report  # the history spans both iterations
+
+
+def test_one_iteration_on_the_embedded_model_as_target_and_oracle(airflow_home, embedded_model, tmp_path):
+    """SmolLM2 answers, judges and writes; its verdicts are poor, the machinery must still hold."""
+    from infinisynth.model_server import MODEL_ALIAS, embedded_connection
+    from infinisynth.prompts import PROJECT_ROOT
+
+    root = f"file://{tmp_path / 'data'}"
+    env = {"AIRFLOW_CONN_LLM_DEFAULT": json.dumps(embedded_connection(embedded_model)), "INFINISYNTH_ROOT": root}
+    conf = {
+        "target_base_url": embedded_model, "target_model": MODEL_ALIAS, "target_max_tokens": 150,
+        "diagnosis_source": str(PROJECT_ROOT / "plugins" / "infinisynth" / "diagnosis" / "demo_set.jsonl"),
+        "max_diagnosis_rows": 2, "max_targeted": 2, "top_groups": 2, "quality_samples": 1, "quality_threshold": 1.0,
+    }
+
+    airflow_home.dags_test("deficiency_diagnosis", "2026-04-05", conf, env, timeout=900)
+
+    from infinisynth.diagnosis.iterations import history
+
+    store = store_for(root)
+    [iteration] = history(store)
+    assert iteration["status"] == "complete" and iteration["target_model"] == MODEL_ALIAS
+    part = iteration["partition"]
+    funnel = {e["stage"]: e for e in store.partition("diagnosis", "dataset", part).manifest().meta["funnel"]}
+    assert funnel["diagnosis_set"]["rows_out"] == 2 and funnel["answer"]["rows_in"] == 2
+    for entry in funnel.values():  # every stage accounts for every input row
+        assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]
+    assert funnel["verdict"]["usage"]["oracle/verdict"]["requests"] >= 2
+    judged = iteration["judged"]
+    assert judged == funnel["verdict"]["rows_out"] and (iteration["accuracy"] is None) == (judged == 0)
+    groups = store.partition("diagnosis", "deficiencies", part).read()
+    planned = store.partition("diagnosis", "targets", part).manifest().rows
+    assert planned == (min(2, 2) if groups.num_rows else 0)
+    for row in store.partition("diagnosis", "dataset", part).read().to_pylist():
+        assert row["origin"] == "diagnosis" and row["deficiency"]["group_id"] and row["messages"][1]["content"].strip()

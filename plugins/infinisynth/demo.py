@@ -16,16 +16,25 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from infinisynth.model_server import embedded_connection, running_model_server
+from infinisynth.model_server import MODEL_ALIAS, embedded_connection, running_model_server
 from infinisynth.prompts import PROJECT_ROOT
 from infinisynth.report import funnel_report, tables_report
 from infinisynth.settings import default_root, store_for
+
+MODEL_BASE_URL = "{model_base_url}"  # replaced by the embedded server's URL once it runs
 
 # Each pipeline and the run settings that keep it small enough for a 135M model on 2 cores. The
 # tiny model's problems rarely reach the paper's quality bar of 6, so the demo lowers it to 4 to
 # let later stages see rows; nightly runs keep the default.
 DEMO_RUNS: list[tuple[str, dict[str, object]]] = [
     ("code_instruct", {"max_seeds": 4, "shard_size": 2, "seed_languages": ["python", "javascript"], "quality_threshold": 4.0}),
+    # One diagnosis iteration with the embedded model as both target and oracle, on a small
+    # shipped set (the code pipeline's held-out slice is too small at demo sizes).
+    ("deficiency_diagnosis", {
+        "target_base_url": MODEL_BASE_URL, "target_model": MODEL_ALIAS, "target_max_tokens": 200,
+        "diagnosis_source": str(PROJECT_ROOT / "plugins" / "infinisynth" / "diagnosis" / "demo_set.jsonl"),
+        "max_targeted": 2, "top_groups": 2, "quality_samples": 1, "quality_threshold": 4.0,
+    }),
 ]
 
 
@@ -64,12 +73,18 @@ def main(argv: list[str] | None = None) -> None:
             "INFINISYNTH_ROOT": root,
         }
         for dag_id, conf in DEMO_RUNS:
+            conf = {k: base_url if v == MODEL_BASE_URL else v for k, v in conf.items()}
             run_dag(dag_id, args.ds, conf, env, log_dir)
     print("==> model server stopped", flush=True)
     print(f"\nData for ds={args.ds} under {root}:\n")
     store = store_for(root)
     print(tables_report(store, args.ds))
     for dag_id, _ in DEMO_RUNS:
+        if dag_id == "deficiency_diagnosis":  # partitioned by iteration: show the latest report
+            from infinisynth.diagnosis.report import latest_report
+
+            print(f"\n{latest_report(store)}")
+            continue
         print(f"\n{dag_id} funnel:\n{funnel_report(store, dag_id, args.ds)}")
 
 

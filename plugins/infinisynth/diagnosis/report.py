@@ -126,3 +126,14 @@ def write(store: Store, partition: str, text: str, png: bytes) -> str:
     store.fs.pipe_file(posixpath.join(directory, "accuracy.png"), png)
     store.fs.pipe_file(posixpath.join(directory, "report.md"), text.encode("utf-8"))
     return store.url(posixpath.join(directory, "report.md"))
+
+
+def latest_report(store: Store) -> str:
+    """The newest finished iteration's report text, for the console."""
+    from infinisynth.diagnosis.iterations import history
+
+    finished = [h for h in history(store) if h["status"] == "complete"]
+    if not finished:
+        return "no finished diagnosis iteration"
+    path = posixpath.join(store.root, "diagnosis", "reports", finished[-1]["partition"], "report.md")
+    return store.fs.cat_file(path).decode("utf-8")
