@@ -201,3 +201,17 @@ def test_oracle_role_falls_back_to_the_judge_then_default():
     conns = {"llm_judge": {"host": "http://judge/v1", "extra": {"model": "j"}}, "llm_default": {"host": "http://d/v1", "extra": {"model": "d"}}}
     assert role_config("oracle", conns.get).model == "j"
     assert role_config("oracle", {"llm_default": conns["llm_default"]}.get).model == "d"
+
+
+def test_diagnosis_dags_parse_with_their_asset_schedule_and_params():
+    from tests.test_dag_integrity import parse_dags
+
+    dags = parse_dags()["dags"]
+    diagnosis = dags["deficiency_diagnosis"]
+    assert "models.registered" in diagnosis["schedule"] and diagnosis["catchup"] is False
+    assert {"start_iteration", "answer_prompts", "judge_answers", "aggregate_deficiencies", "synthesize_targeted",
+            "screen_leakage", "assess_quality", "generate_responses", "publish"} <= set(diagnosis["tasks"])
+    for param in ("target_base_url", "target_model", "diagnosis_source", "max_targeted", "top_groups",
+                  "leakage_max_cosine", "leakage_max_ngram_overlap", "storage_root"):
+        assert param in diagnosis["params"]
+    assert set(dags["register_model"]["params"]) == {"base_url", "model", "conn_id", "name"}
