@@ -1,0 +1,142 @@
+"""The subject DAG, run for real with ``airflow dags test`` against the scripted server."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from infinisynth.settings import store_for
+from infinisynth.subject.vocabulary import latest_vocabulary_before
+from tests.support.fixtures import connection_env
+from tests.support.servers import scripted_openai
+
+pytestmark = pytest.mark.slow
+
+DS = "2026-02-03"
+COMMON = ["photosynthesis", "plant biology"]
+# (marker, instruction, tags the scripted tagger gives it)
+POOL = [
+    ("MARK_A", "Explain how photosynthesis works in C4 plants.", COMMON),
+    ("MARK_B", "Write a sonnet about the first frost of autumn.", ["poetry"]),  # a unique tag: long tail
+    ("MARK_C", "Plan a household budget with compound interest and taxes.", ["budgeting", "compound interest", "tax law", "spreadsheets", "arithmetic"]),  # 5 tags: multi-skill
+    ("MARK_D", "Why are leaves green in summer?", COMMON),
+    ("MARK_E", "How do chloroplasts capture light energy?", COMMON),
+    ("MARK_F", "Describe the Calvin cycle step by step.", COMMON),
+    ("MARK_G", "Compare three sorting algorithms on nearly sorted data.", ["sorting algorithms"]),  # long tail, evolves cleanly
+]
+PROMPT_WORDS = "Keep it short. Do not mention the original, the operation or these guidelines."
+
+
+def pool_file(directory: Path) -> Path:
+    rows = [{"instruction": f"{m}: {text}", "response": f"A careful answer about {text.lower()}"} for m, text, _ in POOL]
+    rows.append({"instruction": "", "response": "an answer without a question"})  # not a pool row: rejected with a reason
+    path = directory / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rules() -> list[dict]:
+    tagging = [
+        {"match": ["List the fine-grained tags", marker], "actions": [{"json": {"tags": [{"tag": t, "explanation": "needed"} for t in tags]}}]}
+        for marker, _, tags in POOL
+    ]
+    return [
+        # Evolution of B copies the evolution prompt's own words; of C, gives an unanswerable task.
+        {"match": ["Original instruction:", "MARK_B"], "actions": [{"json": {"instruction": f"A sonnet. {PROMPT_WORDS}"}}]},
+        {"match": ["Original instruction:", "MARK_C"], "actions": [{"json": {"instruction": "UNANSWERABLE_marker: use the attached ledger to plan the budget."}}]},
+        {"match": ["Rewritten:", "UNANSWERABLE_marker"], "actions": [{"json": {"adds_information": True, "answerable": False, "explanation": "the ledger is not attached"}}]},
+        # Seeds are rated easy; evolved instructions get the scripted default (7).
+        {"match": ["Rate its difficulty", "MARK_"], "name": "seed-difficulty", "actions": [{"json": {"difficulty": 3, "rationale": "easy"}}]},
+        *tagging,
+    ]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with scripted_openai() as handle:
+        yield handle
+
+
+def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflow_home, server, tmp_path):
+    server.reset()
+    server.script(rules())
+    root = f"file://{tmp_path / 'data'}"
+    env = {**connection_env(server.base_url, max_invalid_retries=1), "INFINISYNTH_ROOT": root}
+    conf = {
+        "pool_source": str(pool_file(tmp_path)), "shard_size": 3, "noise_floor": 1, "long_tail_frequency": 2,
+        "generations": 2, "max_followups": 2, "max_seeds": 100,
+    }
+
+    output = airflow_home.dags_test("subject_instruct", DS, conf, env)
+
+    store = store_for(root)
+    table = lambda stage: store.partition("subject_instruct", stage, DS).read().to_pylist()  # noqa: E731
+    rejected = lambda stage: store.rejected("subject_instruct", stage, DS).read().to_pylist()  # noqa: E731
+    exists = lambda stage: store.partition("subject_instruct", stage, DS).exists()  # noqa: E731
+
+    # Pool and tagging: every row accounted for, the vocabulary saved for the next night.
+    assert len(table("pool")) == 7 and [r["reason"] for r in rejected("pool")] == ["no_instruction"]
+    assert len(table("tagging")) == 7
+    assert latest_vocabulary_before(store, "2026-02-04") is not None
+
+    # Selection: each seed carries its reasons; the tag-based criteria pick exactly what the tags say.
+    seeds = {s["instruction"].split(":")[0]: s for s in table("seeds")}
+    assert all(s["selection_reasons"] and s["origin"] == "seed" and s["generation"] == 0 for s in seeds.values())
+    assert any("long_tail" in r for r in seeds["MARK_B"]["selection_reasons"])
+    assert any("multi_skill" in r for r in seeds["MARK_C"]["selection_reasons"])
+    assert any("long_tail" in r for r in seeds["MARK_G"]["selection_reasons"])
+    for marker in ("MARK_A", "MARK_D", "MARK_E", "MARK_F"):
+        reasons = seeds[marker]["selection_reasons"] if marker in seeds else []
+        assert not any("long_tail" in r or "multi_skill" in r for r in reasons)
+    selection = store.partition("subject_instruct", "seeds", DS).manifest().meta["selection"]
+    assert selection  # the per-criterion counts and overlaps
+
+    # Two generations ran, two were skipped; each oracle failure has its reason.
+    assert all(exists(s) for s in ("evolve_g1", "oracle_g1", "evolve_g2", "oracle_g2"))
+    assert not any(exists(s) for s in ("evolve_g3", "oracle_g3", "evolve_g4", "oracle_g4"))
+    assert len(table("evolve_g1")) + len(rejected("evolve_g1")) == len(seeds)
+    oracle_reasons = {r["reason"] for r in rejected("oracle_g1")}
+    assert {"copies_evolution_prompt", "unanswerable"} <= oracle_reasons
+    survivors_g1 = table("oracle_g1")
+    assert len(table("evolve_g2")) + len(rejected("evolve_g2")) == len(survivors_g1)
+    g2 = table("oracle_g2")
+    assert all(r["generation"] == 2 and len(r["lineage"]) == 2 and r["lineage"][0]["operation"] != r["lineage"][1]["operation"] for r in g2)
+
+    # Responses for every survivor, multi-turn from the pairs, one published row per answered pair.
+    answered = table("respond")
+    assert len(answered) + len(rejected("respond")) == len(survivors_g1) + len(g2)
+    dataset = table("dataset")
+    assert len(dataset) == len(answered) > 0
+    for row in dataset:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["user", "assistant"] * (1 + row["followups"]) and row["followups"] <= 2
+        assert row["messages"][0]["content"] == row["instruction"] and row["messages"][1]["content"] == row["response"]
+        assert row["origin"] in {"evolved", "multiturn"} and row["tags"] and row["selection_reasons"]
+        assert row["seed_instruction"] and len(row["lineage"]) == row["generation"] and row["seed_difficulty"] == 3
+    assert any(r["origin"] == "multiturn" for r in dataset)
+
+    # The report beside the dataset: coverage, the degree distribution and its plot, difficulty.
+    meta = store.partition("subject_instruct", "dataset", DS).manifest().meta
+    folder = store.partition("subject_instruct", "dataset", DS).path
+    report = store.read_json(f"{folder}/report.json")
+    assert report["pool"]["rows"] == 7 and report["pool"]["tags_per_domain"]
+    assert report["pool"]["network"]["tags"] >= 2 and "power_law" in report["pool"]["network"]
+    assert report["difficulty"]["before"]["mean"] == 3 and report["difficulty"]["after"]["mean"] == 7
+    assert meta["difficulty"] == report["difficulty"] and meta["sft"]["learning_rate"] == 2e-5
+    for name in meta["plots"]:
+        assert Image.open(io.BytesIO(store.fs.cat_file(f"{folder}/{name}"))).format == "PNG"
+    assert "coverage and depth report" in output and "tags per domain" in output and "difficulty before evolution 3.0" in output
+    stages = [entry["stage"] for entry in meta["funnel"]]
+    assert stages[:3] == ["pool", "tagging", "losses"] and stages[-3:] == ["respond", "difficulty_evolved", "multiturn"]
+    for entry in meta["funnel"]:
+        if entry["stage"] != "seeds":  # selection picks from the pool; it does not reject
+            assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]
+    assert "sk-test-SECRET-dag" not in output and "sk-test-SECRET-dag" not in json.dumps(meta)
+
+    # A re-run of the same date rewrites its partitions with the same ids.
+    airflow_home.dags_test("subject_instruct", DS, conf, env)
+    assert sorted(r["id"] for r in table("dataset")) == sorted(r["id"] for r in dataset)
