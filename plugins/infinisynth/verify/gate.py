@@ -16,6 +16,7 @@ import math
 import os
 import re
 import secrets
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -75,7 +76,17 @@ class LocalGate:
     def __init__(self, settings: GateSettings = GateSettings(), linters: Mapping[str, Sequence[Linter]] | None = None):
         self.settings = settings
         self.linters = dict(linters) if linters is not None else default_linters()
-        self._slots = asyncio.Semaphore(settings.worker_count())
+        # One semaphore per event loop: an asyncio lock belongs to the loop that first waits on it,
+        # and a gate outlives loops (asyncio.run per shard, tests, the service's one loop).
+        self._slots_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+    @property
+    def _slots(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        slots = self._slots_by_loop.get(loop)
+        if slots is None:
+            slots = self._slots_by_loop[loop] = asyncio.Semaphore(self.settings.worker_count())
+        return slots
 
     def tools(self, language: str) -> tuple[tuple[str, str], ...]:
         """(tool, version) of each linter for ``language``; raises LinterUnavailable if one is missing."""

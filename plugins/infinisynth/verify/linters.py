@@ -98,9 +98,16 @@ def _metadata_version(distribution: str) -> str:
         raise LinterUnavailable(f"{distribution} is not installed: run `make setup`") from None
 
 
+# The Debian package behind each command the gate runs (scripts/system-deps.sh installs them).
+DEBIAN_PACKAGES = {"checkstyle": "checkstyle", "clang-tidy": "clang-tidy", "java": "default-jdk-headless", "javac": "default-jdk-headless", "node": "nodejs npm"}
+
+
 def _command_version(argv: list[str], pattern: str) -> str:
     if shutil.which(argv[0]) is None:
-        raise LinterUnavailable(f"{argv[0]} is not installed: run `make setup` (scripts/system-deps.sh)")
+        package = DEBIAN_PACKAGES.get(argv[0], argv[0])
+        raise LinterUnavailable(
+            f"{argv[0]} is not installed: run `make setup` (scripts/system-deps.sh) or `sudo apt-get install {package}`"
+        )
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     found = re.search(pattern, done.stdout + done.stderr)
     if found is None:
@@ -181,11 +188,13 @@ class ESLint(Linter):
         try:
             return json.loads((ESLINT_DIR / "node_modules" / package / "package.json").read_text())["version"]
         except FileNotFoundError:
-            raise LinterUnavailable(f"{package} is not installed in {ESLINT_DIR}: run `make setup` (npm ci)") from None
+            raise LinterUnavailable(
+                f"{package} is not installed in {ESLINT_DIR}: run `make setup` or `npm ci --prefix tools/eslint`"
+            ) from None
 
     def _probe_version(self) -> str:
         if shutil.which("node") is None:
-            raise LinterUnavailable("node is not installed: run `make setup` (scripts/system-deps.sh)")
+            raise LinterUnavailable("node is not installed: run `make setup` (scripts/system-deps.sh) or `sudo apt-get install nodejs npm`")
         return f"{self._package_version('eslint')} (typescript-eslint {self._package_version('typescript-eslint')})"
 
     async def lint(self, batch: Batch, run: Runner) -> BatchFindings:

@@ -25,6 +25,7 @@ OUTPUT_LIMIT = "output_limit"
 
 _STDERR_KEEP = 64 * 1024  # stderr is only read for error messages: keep its head, drain the rest
 _READ_CHUNK = 64 * 1024
+_REAP_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,29 @@ async def run_bounded(argv: list[str], *, cwd: Path, env: dict[str, str], limits
     except _Flood:
         failure = OUTPUT_LIMIT
     finally:
-        if process.returncode is None:
+        if process.returncode is None or failure is not None:
             _kill_group(process.pid)
-            await process.wait()
+            await _reap(process)
     return Completed(process.returncode, bytes(stdout), bytes(stderr), failure)
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """Wait for a killed process. Its pipes must be drained first: asyncio (3.11) only reports the
+    exit once both pipes are closed, and a pipe we stopped reading stays paused and never sees EOF."""
+
+    async def drain(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and await stream.read(_READ_CHUNK):
+            pass
+
+    try:
+        async with asyncio.timeout(_REAP_SECONDS):
+            await asyncio.gather(drain(process.stdout), drain(process.stderr))
+            await process.wait()
+    except TimeoutError:
+        # Something outside the process group still holds a pipe open: stop listening to it.
+        transport = getattr(process, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 async def _communicate(process: asyncio.subprocess.Process, stdout: bytearray, stderr: bytearray, max_output: int) -> None:
