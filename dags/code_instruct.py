@@ -10,14 +10,18 @@ Bidirectional synthesis over real code:
    new problems.
 3. **Quality**: the judge scores every problem on seven dimensions, three times; mean below 6 is
    rejected. Its complexity dimension is reported by origin.
-4. **Responses**: the generator answers the kept problems; the night's chat-format dataset is
-   published with its funnel.
+4. **Responses**: the generator answers the kept problems.
+5. **Static gate**: every code block of every answer goes through error-level linters (PyLint,
+   ESLint, Checkstyle + javac, clang-tidy, SQLFluff, tree-sitter for the rest); a pair with any
+   finding, or with no code, is rejected with its findings. The night's chat-format dataset is
+   published with its funnel and the discard rate per language.
 
 Each model stage is a mapped task over shards in the `llm` pool; each reduce task commits a stage
 and hands out the next stage's shards. The logical date is the partition: a re-run or backfill
 rewrites that date only. Data: `{storage_root}/code_instruct/{stage}/ds={date}/`, rejected rows
 under `{storage_root}/code_instruct/rejected/{stage}/ds={date}/`. Roles: `llm_generator`,
-`llm_judge` (each falling back to `llm_default`).
+`llm_judge` (each falling back to `llm_default`); the lint sidecar, when used: `lint_service`
+(http host/port; unset = lint on the worker). See docs/LINT_GATE.md.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ DATASET = Asset(name="code_instruct.dataset", uri="infinisynth://code_instruct/d
 KNOWLEDGE_GRAPH = Asset(name="code_instruct.knowledge_graph", uri="infinisynth://code_instruct/kg_nodes")
 
 MAPPED = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"}
+# The gate calls no model, so it stays out of the `llm` pool; two shards at once keep linter
+# processes (each gate uses every core it has) from crowding a worker.
+GATE = {"max_active_tis_per_dagrun": 2, "map_index_template": "verify shard {{ task.op_kwargs['shard']['shard'] }}"}
 REDUCE = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still commits
 
 
@@ -63,6 +70,9 @@ REDUCE = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still 
         "generator_max_tokens": Param(None, type=["null", "integer"], minimum=1),
         "judge_model": Param("", type="string", description="Override the judge connection's model"),
         "judge_temperature": Param(None, type=["null", "number"], minimum=0, maximum=2),
+        "lint_gate": Param(True, type="boolean", description="Discard pairs whose code has an error-level lint finding (off: publish unchecked)"),
+        "lint_max_code_bytes": Param(262144, type="integer", minimum=1, description="Larger code blocks fail the gate unread"),
+        "lint_timeout_scale": Param(1.0, type="number", exclusiveMinimum=0, description="Multiplies every linter's time budget"),
         "storage_root": Param("", type="string", description="Object-storage URL; empty = INFINISYNTH_ROOT or data/ in the project"),
     },
 )
@@ -99,13 +109,20 @@ def code_instruct():
         p.commit(store, ds, p.KEYWORD_STAGE, list(results), run_role, settings)
         return p.plan_backfeed(store, ds, settings)
 
+    @task(**GATE)
+    def verify_responses(shard: dict, params=None, ds=None) -> dict:
+        from infinisynth.airflow_env import connection_lookup, run_store
+        from infinisynth.pipelines import code_instruct as p
+
+        return p.run_verify(run_store(params), ds, shard, p.CodeInstructSettings(**params), connection_lookup)
+
     @task(**REDUCE, outlets=[DATASET])
     def publish(results: list[dict], params=None, ds=None) -> dict:
-        from infinisynth.airflow_env import run_role, run_store
+        from infinisynth.airflow_env import connection_lookup, run_store
         from infinisynth.pipelines import code_instruct as p
 
         store = run_store(params)
-        p.commit(store, ds, p.RESPOND_STAGE, list(results), run_role, p.CodeInstructSettings(**params))
+        p.commit_verify(store, ds, list(results), p.CodeInstructSettings(**params), connection_lookup)
         return p.publish(store, ds)
 
     reverse = model_stage.override(task_id="reverse_construct").partial(stage="reverse").expand(shard=prepare_seeds())
@@ -117,7 +134,8 @@ def code_instruct():
     scored = model_stage.override(task_id="assess_quality").partial(stage="quality").expand(shard=problems)
     kept = commit_stage.override(task_id="commit_quality")(stage="quality", results=scored, next_stages=["quality"])
     answered = model_stage.override(task_id="generate_responses").partial(stage="respond").expand(shard=kept)
-    publish(answered)
+    responses = commit_stage.override(task_id="commit_respond")(stage="respond", results=answered, next_stages=["respond"])
+    publish(verify_responses.expand(shard=responses))
 
 
 code_instruct()

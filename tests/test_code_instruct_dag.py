@@ -34,6 +34,16 @@ def write_seed_file(directory: Path) -> Path:
     return path
 
 
+# Answers in a fenced block of the problem's language, as the response prompt asks.
+GOOD_PYTHON = "Use a loop.\n\n```python\ndef total(values):\n    result = 0\n    for value in values:\n        result += value\n    return result\n```\n"
+GOOD_JS = "Reduce the list.\n\n```javascript\nfunction total(values) {\n  return values.reduce((a, b) => a + b, 0);\n}\nconsole.log(total([1, 2]));\n```\n"
+BROKEN_PYTHON = "```python\ndef total(values):\n    return sum(valuez)\n```\n"
+GOOD_ANSWERS = [
+    {"match": "Solve the following programming problem in Python", "actions": [{"content": GOOD_PYTHON}]},
+    {"match": "Solve the following programming problem in JavaScript", "actions": [{"content": GOOD_JS}]},
+]
+BAD_CODE = "BADCODE_MARK: write a function that returns the sum of a list of integers, handling empty lists."
+NO_CODE = "NOCODE_MARK: write a function that returns the largest value in a list of integers, or None."
 LOW_QUALITY = "LOWQ_MARK: write a function that adds two numbers and returns the total value."
 LOW_SCORES = {d: 2 for d in ("specificity", "domain_knowledge", "complexity", "problem_solving", "creativity", "technical_accuracy", "practical_application")}
 
@@ -49,6 +59,12 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
             # One problem the judge scores low: rejected by the quality gate with its scores.
             {"match": "def add_0(", "actions": [{"json": {"problem": LOW_QUALITY}}]},
             {"match": ["LOWQ_MARK", "Score the problem"], "name": "judge-low", "actions": [{"json": {**LOW_SCORES, "rationale": "trivial"}}]},
+            # Two answers the static gate must reject: an undefined name, and no code at all.
+            {"match": "def add_1(", "actions": [{"json": {"problem": BAD_CODE}}]},
+            {"match": "def add_2(", "actions": [{"json": {"problem": NO_CODE}}]},
+            {"match": ["BADCODE_MARK", "Solve the following programming problem"], "actions": [{"content": BROKEN_PYTHON}]},
+            {"match": ["NOCODE_MARK", "Solve the following programming problem"], "actions": [{"content": "Just loop and keep the largest."}]},
+            *GOOD_ANSWERS,
         ]
     )
     root = f"file://{tmp_path / 'data'}"
@@ -89,16 +105,33 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
     assert server.stats()["by_rule"]["judge-low"] == 3  # three independent assessments
     assert all(s["quality_mean"] >= 6 and s["quality_samples"] == 3 and s["complexity"] for s in scored)
 
-    # Responses and the published chat dataset.
+    # Responses, the static gate and the published chat dataset.
+    answered, verified = table("respond"), table("verify")
+    assert len(answered) == len(scored)
+    lint_rejected = rejected("verify")
+    assert len(verified) + len(lint_rejected) == len(answered)
+    assert sorted(r["reason"] for r in lint_rejected) == ["lint_error", "no_code"]
+    broken_pair = next(r for r in lint_rejected if r["reason"] == "lint_error")
+    assert broken_pair["raw_answer"] == BROKEN_PYTHON.strip() and "BADCODE_MARK" in broken_pair["input_json"]
+    evidence = json.loads(broken_pair["evidence_json"])
+    assert [(f["tool"], f["rule"], f["line"]) for f in evidence["lint_findings"]] == [("pylint", "undefined-variable", 2)]
+    assert "undefined-variable" in broken_pair["detail"]
+    assert all(v["lint_passed"] and v["lint_reason"] == "ok" and v["lint_languages"] for v in verified)
+    assert all(v["lint_languages"] == [v["lang"]] for v in verified)  # each answer's block, in its language
+    assert "pylint" in {t["tool"] for v in verified for t in v["lint_tools"]}
     dataset = table("dataset")
-    assert len(dataset) == len(table("respond")) == len(scored)
+    assert len(dataset) == len(verified)
     for row in dataset:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
         assert row["messages"][0]["content"] == row["problem"] and row["messages"][1]["content"] == row["response"]
         assert set(json.loads(row["provenance"])) >= {"quality", "respond"}
     meta = store.partition("code_instruct", "dataset", ds).manifest().meta
     stages = [entry["stage"] for entry in meta["funnel"]]
-    assert stages == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond"]
+    assert stages == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond", "verify"]
+    by_language = meta["funnel"][-1]["discard_by_language"]
+    assert by_language["python"]["failed"] == 2 and sum(v["in"] for v in by_language.values()) == len(answered)
+    assert by_language["python"]["rate"] == round(2 / by_language["python"]["in"], 4)
+    assert "discard rate by language" in output
     assert set(meta["complexity_by_origin"]) == {"reverse", "backfeed"}
     assert meta["sft"]["learning_rate"] == 2e-5
     assert "complexity by origin" in output and "funnel" in output
@@ -118,6 +151,7 @@ def test_run_writes_to_s3_through_an_airflow_connection(airflow_home, server, tm
     from tests.support.s3 import moto_s3
 
     server.reset()
+    server.script(GOOD_ANSWERS)
     with moto_s3() as s3:
         conn = {"conn_type": "aws", **s3.connection()}
         env = {

@@ -53,12 +53,13 @@ def test_code_instruct_dag_shape():
     dag = parse_dags()["dags"]["code_instruct"]
     assert set(dag["tasks"]) == {
         "prepare_seeds", "reverse_construct", "commit_reverse", "extract_keywords", "build_knowledge_graph",
-        "backfeed_construct", "commit_backfeed", "assess_quality", "commit_quality", "generate_responses", "publish",
+        "backfeed_construct", "commit_backfeed", "assess_quality", "commit_quality", "generate_responses", "commit_respond", "verify_responses", "publish",
     }
     assert dag["catchup"] is False
     assert dag["schedule"] == "@daily"
     for param in (
         "max_seeds", "shard_size", "seed_source", "problems_per_seed", "backfeed_ratio", "quality_samples",
-        "quality_threshold", "generator_model", "judge_model", "storage_root",
+        "quality_threshold", "generator_model", "judge_model", "storage_root", "lint_gate", "lint_max_code_bytes",
+        "lint_timeout_scale",
     ):
         assert param in dag["params"]

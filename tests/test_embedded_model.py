@@ -51,15 +51,16 @@ def test_code_instruct_dag_on_embedded_model(airflow_home, embedded_model, tmp_p
     store = store_for(root)
     manifest = store.partition("code_instruct", "dataset", "2026-02-03").manifest()
     funnel = {entry["stage"]: entry for entry in manifest.meta["funnel"]}
-    assert list(funnel) == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond"]
+    assert list(funnel) == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond", "verify"]
     for entry in list(funnel.values())[1:]:  # every stage accounts for every input row
         assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]
     assert funnel["reverse"]["rows_in"] == len(snippets)
     assert funnel["quality"]["usage"]["judge/quality"]["requests"] >= 3 * funnel["quality"]["rows_in"]
     dataset = store.partition("code_instruct", "dataset", "2026-02-03").read().to_pylist()
-    assert len(dataset) == funnel["respond"]["rows_out"]
+    assert len(dataset) == funnel["verify"]["rows_out"]
+    assert funnel["verify"]["rows_in"] == funnel["respond"]["rows_out"]  # every answer went through the lint gate
     for row in dataset:
         assert row["messages"][1]["content"].strip() and row["quality_mean"] >= 6
-    for stage in ("reverse", "quality"):
+    for stage in ("reverse", "quality", "verify"):
         for row in store.rejected("code_instruct", stage, "2026-02-03").read().to_pylist():
             assert row["reason"] and row["detail"]

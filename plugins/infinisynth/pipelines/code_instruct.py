@@ -1,7 +1,7 @@
 """Infinite-Instruct, the code-instruction pipeline, as task bodies for ``dags/code_instruct.py``.
 
     seeds -> reverse -> keywords -> [knowledge graph -> combinations] -> backfeed
-          -> quality (reverse + backfeed problems) -> respond -> publish
+          -> quality (reverse + backfeed problems) -> respond -> verify (static lint gate) -> publish
 
 Mapped tasks take a shard descriptor ``{"stage", "shard", "file", "rows"}`` naming one data file of
 the stage they read; reduce tasks commit a stage and hand out the next stage's shards. Everything
@@ -37,7 +37,11 @@ from infinisynth.stages.publish import DATASET_SCHEMA, SFT_DEFAULTS, to_chat_row
 from infinisynth.stages.quality import QualityAssessment, QualitySettings
 from infinisynth.stages.respond import ResponseGeneration
 from infinisynth.stages.reverse import ReverseConstruction, ReverseSettings
+from infinisynth.stages.verify import BY_LANGUAGE, VERIFIED_SCHEMA, StaticVerification, VerifySettings, discard_rates, discard_table, run_verify_shard
+from infinisynth.settings import ConnectionLookup, env_connection, lint_service_url
 from infinisynth.storage import Store
+from infinisynth.verify.gate import GateSettings, LocalGate
+from infinisynth.verify.model import Gate
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ COMBINATION_STAGE = "combinations"
 BACKFEED_STAGE = "backfeed"
 QUALITY_STAGE = "quality"
 RESPOND_STAGE = "respond"
+VERIFY_STAGE = "verify"
 DATASET_STAGE = "dataset"
 MODEL_STAGES = (REVERSE_STAGE, KEYWORD_STAGE, BACKFEED_STAGE, QUALITY_STAGE, RESPOND_STAGE)
 
@@ -87,6 +92,9 @@ class CodeInstructSettings(BaseModel):
     generator_max_tokens: int | None = Field(None, gt=0)
     judge_model: str = ""
     judge_temperature: float | None = Field(None, ge=0, le=2)
+    lint_gate: bool = True  # off: answers are published unchecked (lint_reason = not_checked)
+    lint_max_code_bytes: int = Field(256 * 1024, gt=0)
+    lint_timeout_scale: float = Field(1.0, gt=0)
 
     def role_overrides(self, role: str) -> dict[str, Any]:
         if role == "judge":
@@ -169,6 +177,39 @@ def commit(store: Store, ds: str, stage: str, shard_results: list[dict[str, Any]
     return commit_stage(store, PIPELINE, stage, ds, _SCHEMAS[stage], shard_results, meta=meta)
 
 
+# -- the static verification gate (no model calls) ---------------------------------------------
+
+
+def make_gate(settings: CodeInstructSettings, lookup: ConnectionLookup = env_connection) -> Gate:
+    """The lint sidecar when its URL is configured (``lint_service`` connection or
+    ``INFINISYNTH_LINT_URL``), else the linters on this worker."""
+    url = lint_service_url(lookup)
+    if url:
+        from infinisynth.verify.client import LintServiceClient
+
+        return LintServiceClient(url)
+    return LocalGate(GateSettings(max_code_bytes=settings.lint_max_code_bytes, timeout_scale=settings.lint_timeout_scale))
+
+
+def run_verify(store: Store, ds: str, shard: dict[str, Any], settings: CodeInstructSettings, lookup: ConnectionLookup = env_connection) -> dict[str, Any]:
+    """One shard of answered problems through the lint gate (the body of the mapped gate task)."""
+    rows = store.partition(PIPELINE, shard["stage"], ds).read_file(shard["file"]).to_pylist()
+    gate = make_gate(settings, lookup) if settings.lint_gate else LocalGate()
+    stage = StaticVerification(gate, VerifySettings(enabled=settings.lint_gate))
+    return run_verify_shard(store, PIPELINE, ds, shard["shard"], rows, stage)
+
+
+def commit_verify(store: Store, ds: str, shard_results: list[dict[str, Any]], settings: CodeInstructSettings, lookup: ConnectionLookup = env_connection) -> dict[str, Any]:
+    """Publish the gate's shards with the discard rate per language in the manifest and the log."""
+    rates = discard_rates(shard_results)
+    gate = make_gate(settings, lookup)
+    meta = {"discard_by_language": rates, "lint_gate": {"enabled": settings.lint_gate, "fingerprint": gate.fingerprint() if settings.lint_gate else None}}
+    results = [{k: v for k, v in r.items() if k != BY_LANGUAGE} for r in shard_results]
+    funnel = commit_stage(store, PIPELINE, VERIFY_STAGE, ds, VERIFIED_SCHEMA, results, meta=meta)
+    log.info("lint gate discard rate by language (paper: about 10%%)\n%s", discard_table(rates))
+    return funnel
+
+
 # -- the knowledge graph (reduce, then fan out) -------------------------------------------------
 
 
@@ -218,13 +259,15 @@ def _language_weights(store: Store, ds: str, settings: CodeInstructSettings) -> 
 
 def publish(store: Store, ds: str) -> dict[str, Any]:
     """Chat-format rows from every answered problem, with the night's funnel and complexity report."""
-    answered = store.partition(PIPELINE, RESPOND_STAGE, ds).read()
+    answered = store.partition(PIPELINE, VERIFY_STAGE, ds).read()
     dataset = to_chat_rows(answered)
     funnel = night_funnel(store, ds)
     complexity = complexity_by_origin(store, ds)
     meta = {"pipeline": PIPELINE, "stage": DATASET_STAGE, "ds": ds, "funnel": funnel, "complexity_by_origin": complexity, "sft": SFT_DEFAULTS}
     store.partition(PIPELINE, DATASET_STAGE, ds).write_and_commit(dataset, meta=meta, schema=DATASET_SCHEMA)
     log.info("code_instruct %s funnel\n%s", ds, funnel_table(funnel))
+    verify_meta = store.partition(PIPELINE, VERIFY_STAGE, ds).manifest().meta
+    log.info("lint gate discard rate by language\n%s", discard_table(verify_meta.get("discard_by_language", {})))
     log.info("complexity by origin (paper: seed 3.17, reverse 5.85, backfeed 6.83): %s", canonical_json(complexity))
     return {"partition": store.partition(PIPELINE, DATASET_STAGE, ds).url, "rows": dataset.num_rows}
 
@@ -232,10 +275,12 @@ def publish(store: Store, ds: str) -> dict[str, Any]:
 def night_funnel(store: Store, ds: str) -> list[dict[str, Any]]:
     seeds_rows = store.partition(PIPELINE, SEED_STAGE, ds).manifest().rows
     entries = [{"stage": SEED_STAGE, "rows_in": seeds_rows, "inputs_passed": seeds_rows, "rows_out": seeds_rows, "rejected": 0, "rejected_by_reason": {}, "usage": {}}]
-    for stage in MODEL_STAGES:
+    for stage in (*MODEL_STAGES, VERIFY_STAGE):
         partition = store.partition(PIPELINE, stage, ds)
         if partition.exists():
-            entries.append(partition.manifest().meta["funnel"])
+            meta = partition.manifest().meta
+            by_language = {"discard_by_language": meta["discard_by_language"]} if "discard_by_language" in meta else {}
+            entries.append({**meta["funnel"], **by_language})
     return entries
 
 

@@ -37,8 +37,8 @@ FINDING_TYPE = pa.struct(
 )
 # The verdict columns a verified row carries (and the verdict table's, after ``id``).
 VERDICT_FIELDS = [
-    pa.field("lint_passed", pa.bool_(), nullable=False),
-    pa.field("lint_reason", pa.string(), nullable=False),  # ok, no_code, lint_error, lint_timeout, ...
+    pa.field("lint_passed", pa.bool_()),  # null when the gate was switched off for the run
+    pa.field("lint_reason", pa.string(), nullable=False),  # ok, no_code, lint_error, lint_timeout, not_checked, ...
     pa.field("lint_languages", pa.list_(pa.string())),  # language of each checked block, in order
     pa.field("lint_tools", pa.list_(TOOL_TYPE)),
     pa.field("lint_findings", pa.list_(FINDING_TYPE)),

@@ -1,0 +1,154 @@
+"""The lint sidecar as a real process on loopback: raw HTTP contract, errors, and the client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infinisynth.verify.client import LintServiceClient, LintServiceError
+from infinisynth.verify.gate import LocalGate
+from infinisynth.verify.model import BINARY_CODE, CODE_TOO_LARGE, LintItem
+from tests.support.servers import wait_for_http
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_BODY = 200_000
+MAX_ITEMS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(port: int, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
+    argv = [sys.executable, "-m", "infinisynth.verify.service", "--host", "127.0.0.1", "--port", str(port), *extra]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[str]:
+    port = free_port()
+    process = start_service(port, "--max-body-bytes", str(MAX_BODY), "--max-items", str(MAX_ITEMS))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/healthz", timeout=60)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_healthz_names_every_tool_with_its_version(service):
+    body = httpx.get(f"{service}/healthz").json()
+    assert body["status"] == "ok" and body["missing"] == {}
+    assert set(body["tools"]) == {"pylint", "eslint", "checkstyle", "javac", "clang-tidy", "sqlfluff", "tree-sitter"}
+    assert all(body["tools"].values())
+    assert body["limits"]["max_body_bytes"] == MAX_BODY and body["limits"]["max_items"] == MAX_ITEMS
+    assert body["fingerprint"] == LocalGate().fingerprint()  # the same gate as in-process
+
+
+def test_lint_answers_in_request_order_with_the_ids_as_sent(service):
+    items = [
+        {"id": "z-last", "language": "python", "code": "print(undefined_name)\n"},
+        {"id": "a-first", "language": "javascript", "code": "console.log(1);\n"},
+        {"id": "../../etc/passwd", "language": "sql", "code": "SELEC a FROM WHERE;"},
+        {"id": "dup", "language": "go", "code": "package main\nfunc main() {}\n"},
+        {"id": "dup", "language": "klingon", "code": "Qapla'"},
+        {"id": "nul", "language": "python", "code": "x = 1\u0000"},
+    ]
+    response = httpx.post(f"{service}/v1/lint", json={"items": items}, timeout=120)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == [i["id"] for i in items]
+    assert [r["passed"] for r in results] == [False, True, False, True, False, False]
+    assert results[0]["findings"] == [{"tool": "pylint", "rule": "undefined-variable", "line": 1, "message": "Undefined variable 'undefined_name'"}]
+    assert results[2]["findings"][0]["tool"] == "sqlfluff"
+    assert results[4]["findings"][0]["rule"] == "unsupported_language"
+    assert results[5]["findings"][0]["rule"] == BINARY_CODE
+    assert {t["tool"] for t in results[0]["tools"]} == {"pylint"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 422, "the body must be"),
+        (json.dumps({"items": [{"id": "x", "language": "python"}]}).encode(), 422, "items.0.code"),
+        (json.dumps({"items": [{"id": "x", "language": "python", "code": 3}]}).encode(), 422, "items.0.code"),
+        (json.dumps({"items": "all of them"}).encode(), 422, "items"),
+        (json.dumps({"things": []}).encode(), 422, "items"),
+        (json.dumps({"items": [{"id": str(n), "language": "python", "code": "x=1"} for n in range(MAX_ITEMS + 1)]}).encode(), 422, "at most 50"),
+        (json.dumps({"items": [{"id": "x", "language": "python", "code": "x = 1\n" * (MAX_BODY // 6)}]}).encode(), 413, "over the limit"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(service, body, status, message):
+    response = httpx.post(f"{service}/v1/lint", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_a_streamed_body_over_the_limit_is_refused_without_a_content_length(service):
+    def chunks():
+        yield b'{"items": [{"id": "x", "language": "python", "code": "'
+        for _ in range(MAX_BODY // 1000 + 2):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    response = httpx.post(f"{service}/v1/lint", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over the limit" in response.json()["detail"]
+    assert httpx.get(f"{service}/healthz").status_code == 200  # still serving
+
+
+def test_the_client_splits_big_checks_and_agrees_with_the_local_gate(service):
+    items = [LintItem(f"py-{n}", "python", f"def f_{n}(x):\n    return x + {'y' if n % 3 == 0 else n}\n" + "# padding\n" * 400) for n in range(60)]
+    items += [
+        LintItem("js", "javascript", "missingFn();\n"),
+        LintItem("latin1", "python", "print('caf\xe9')".encode("latin-1")),
+        LintItem("too-big", "python", "x = 1\n" * (MAX_BODY // 5)),
+    ]
+    client = LintServiceClient(service)
+    remote = asyncio.run(client.check(items))
+    assert [r.id for r in remote] == [i.id for i in items]
+    local = asyncio.run(LocalGate().check(items[:61]))
+    assert [(r.passed, r.findings) for r in remote[:61]] == [(r.passed, r.findings) for r in local]
+    assert sum(not r.passed for r in remote[:60]) == 20
+    assert remote[61].findings[0].rule == BINARY_CODE
+    assert remote[62].findings[0].rule == CODE_TOO_LARGE
+    assert client.fingerprint() == LocalGate().fingerprint()
+
+
+def test_the_client_retries_until_the_service_is_up_and_reports_4xx(tmp_path):
+    port = free_port()
+    client = LintServiceClient(f"http://127.0.0.1:{port}", retries=1, backoff=0.05)
+    with pytest.raises(LintServiceError, match="failed after 2 attempts"):
+        client.fingerprint()
+
+    # The service starts while the client is still retrying: the check goes through.
+    slow_client = LintServiceClient(f"http://127.0.0.1:{port}", retries=8, backoff=0.5)
+    process = start_service(port, "--max-items", "3")
+    try:
+        results = asyncio.run(slow_client.check([LintItem(str(n), "python", f"print({n})\n") for n in range(7)]))
+        assert [r.passed for r in results] == [True] * 7  # in three requests of at most 3 items
+        with pytest.raises(LintServiceError, match="HTTP 422"):
+            _post_invalid(slow_client)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _post_invalid(client: LintServiceClient) -> None:
+    async def go() -> None:
+        async with httpx.AsyncClient() as http:
+            await client._post(http, [{"id": "x", "language": "python"}])  # no code: the service says 422
+
+    asyncio.run(go())
