@@ -17,9 +17,11 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: setup demo test model-server bench lock clean
+.PHONY: setup demo test model-server lint-service bench lock clean
 
-setup: $(VENV)/.installed $(AIRFLOW_HOME)/.initialized
+ESLINT_STAMP := tools/eslint/node_modules/.installed
+
+setup: $(VENV)/.installed $(AIRFLOW_HOME)/.initialized $(ESLINT_STAMP)
 
 # System packages first (only what is missing), then the pinned Python environment. torch comes
 # first from the machine's CPU wheel so nothing pulls the CUDA build.
@@ -31,6 +33,12 @@ $(VENV)/.installed: requirements.txt scripts/system-deps.sh
 	ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl > /dev/null 2>&1 || \
 	  $(PY) -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) $(LLAMA_CPP)
 	$(VENV)/bin/uv pip sync --quiet --python $(PY) --find-links /opt/wheels --find-links $(WHEELHOUSE) requirements.txt
+	touch $@
+
+# ESLint and its parsers for the lint gate, exactly as package-lock.json pins them (npm comes from
+# scripts/system-deps.sh); --prefer-offline reuses npm's cache when the registry is unreachable.
+$(ESLINT_STAMP): tools/eslint/package-lock.json $(VENV)/.installed
+	npm ci --prefix tools/eslint --no-audit --no-fund --prefer-offline --loglevel=error
 	touch $@
 
 # Airflow's home inside the project, on SQLite, with the pool model calls share.
@@ -49,9 +57,14 @@ test: setup
 model-server: setup
 	$(PY) -m infinisynth.model_server
 
+# The lint gate as an HTTP sidecar (docs/LINT_GATE.md), in the foreground.
+lint-service: setup
+	$(PY) -m infinisynth.verify.service --host 127.0.0.1 --port $(or $(PORT),8787)
+
 bench: setup
 	$(PY) benchmarks/bench_llm_client.py
 	$(PY) benchmarks/bench_code_pipeline.py
+	$(PY) benchmarks/bench_lint_gate.py
 
 # Re-resolve requirements.in into the fully pinned requirements.txt.
 lock: $(VENV)/.installed

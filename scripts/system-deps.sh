@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the project needs, installed only when missing (fast when all are present).
 # Build tools compile llama-cpp-python; node/npm supply real JavaScript for the demo's seeds;
-# docker-compose validates docker-compose.yaml in the tests (no engine needed).
+# docker-compose validates docker-compose.yaml in the tests (no engine needed);
+# checkstyle, clang-tidy and the JDK (javac) are linters of the static lint gate (docs/LINT_GATE.md).
 set -euo pipefail
-needed=(build-essential cmake git nodejs npm docker-compose)
+needed=(build-essential cmake git nodejs npm docker-compose checkstyle clang-tidy default-jdk-headless)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -11,6 +12,10 @@ done
 # node and npm may come from outside Debian (e.g. NodeSource or nvm): accept working commands.
 if command -v node >/dev/null && command -v npm >/dev/null; then
   missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+# Likewise a JDK from elsewhere (e.g. Temurin) serves javac.
+if command -v java >/dev/null && command -v javac >/dev/null; then
+  missing=("${missing[@]/default-jdk-headless}")
 fi
 missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 if ((${#missing[@]})); then
