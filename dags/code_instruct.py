@@ -73,6 +73,8 @@ REDUCE = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still 
         "lint_gate": Param(True, type="boolean", description="Discard pairs whose code has an error-level lint finding (off: publish unchecked)"),
         "lint_max_code_bytes": Param(262144, type="integer", minimum=1, description="Larger code blocks fail the gate unread"),
         "lint_timeout_scale": Param(1.0, type="number", exclusiveMinimum=0, description="Multiplies every linter's time budget"),
+        "score_seed_problems": Param(True, type="boolean", description="Judge the seeds' own problems (Magicoder files) for the complexity-by-origin report"),
+        "holdout_fraction": Param(0.05, type="number", minimum=0, exclusiveMaximum=1, description="Share of published pairs held out (by prompt hash) as the deficiency-diagnosis exam; never in the dataset"),
         "storage_root": Param("", type="string", description="Object-storage URL; empty = INFINISYNTH_ROOT or data/ in the project"),
     },
 )
@@ -123,9 +125,13 @@ def code_instruct():
 
         store = run_store(params)
         p.commit_verify(store, ds, list(results), p.CodeInstructSettings(**params), connection_lookup)
-        return p.publish(store, ds)
+        return p.publish(store, ds, p.CodeInstructSettings(**params))
 
-    reverse = model_stage.override(task_id="reverse_construct").partial(stage="reverse").expand(shard=prepare_seeds())
+    seeds = prepare_seeds()
+    reverse = model_stage.override(task_id="reverse_construct").partial(stage="reverse").expand(shard=seeds)
+    # The seeds' own problems (when a Magicoder file brings them) get judged too: the complexity baseline.
+    seed_scores = model_stage.override(task_id="assess_seed_problems").partial(stage="seed_quality").expand(shard=seeds)
+    seed_scores_committed = commit_stage.override(task_id="commit_seed_quality")(stage="seed_quality", results=seed_scores, next_stages=[])
     reverse_shards = commit_stage.override(task_id="commit_reverse")(stage="reverse", results=reverse, next_stages=["reverse"])
     keywords = model_stage.override(task_id="extract_keywords").partial(stage="keywords").expand(shard=reverse_shards)
     combinations = build_knowledge_graph(keywords)
@@ -135,7 +141,8 @@ def code_instruct():
     kept = commit_stage.override(task_id="commit_quality")(stage="quality", results=scored, next_stages=["quality"])
     answered = model_stage.override(task_id="generate_responses").partial(stage="respond").expand(shard=kept)
     responses = commit_stage.override(task_id="commit_respond")(stage="respond", results=answered, next_stages=["respond"])
-    publish(verify_responses.expand(shard=responses))
+    published = publish(verify_responses.expand(shard=responses))
+    seed_scores_committed >> published
 
 
 code_instruct()

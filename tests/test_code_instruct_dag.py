@@ -20,6 +20,9 @@ SEEDS = [
     {"lang": "javascript", "seed": "function LEAKY_marker(list) {\n  return list.filter((item) => item.enabled && item.visible);\n}\n", "index": 6},
     {"lang": "python", "seed": "def BROKEN_marker(x):\n    return x * 2\n", "index": 7},
 ]
+# Magicoder-shaped seeds bring their own problems: the judge scores those too (the seed baseline).
+for seed in SEEDS[4:6]:
+    seed["problem"] = f"Write a Python function add_{seed['index']}(a, b) that returns the sum of two integers a and b."
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
     )
     root = f"file://{tmp_path / 'data'}"
     env = {**connection_env(server.base_url, max_invalid_retries=1), "INFINISYNTH_ROOT": root}
-    conf = {"seed_source": str(write_seed_file(tmp_path)), "max_seeds": 100, "shard_size": 3}
+    conf = {"seed_source": str(write_seed_file(tmp_path)), "max_seeds": 100, "shard_size": 3, "holdout_fraction": 0.3}
 
     output = airflow_home.dags_test("code_instruct", "2026-01-02", conf, env)
 
@@ -119,8 +122,11 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
     assert all(v["lint_passed"] and v["lint_reason"] == "ok" and v["lint_languages"] for v in verified)
     assert all(v["lint_languages"] == [v["lang"]] for v in verified)  # each answer's block, in its language
     assert "pylint" in {t["tool"] for v in verified for t in v["lint_tools"]}
-    dataset = table("dataset")
-    assert len(dataset) == len(verified)
+    # A held-out slice (by prompt hash) is the diagnosis loop's exam: never in the exported dataset.
+    dataset, held_out = table("dataset"), table("holdout")
+    assert len(dataset) + len(held_out) == len(verified) and held_out
+    assert not {r["id"] for r in held_out} & {r["id"] for r in dataset}
+    assert store.partition("code_instruct", "dataset", ds).manifest().meta["held_out"] == {"rows": len(held_out), "fraction": 0.3}
     for row in dataset:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
         assert row["messages"][0]["content"] == row["problem"] and row["messages"][1]["content"] == row["response"]
@@ -132,7 +138,10 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
     assert by_language["python"]["failed"] == 2 and sum(v["in"] for v in by_language.values()) == len(answered)
     assert by_language["python"]["rate"] == round(2 / by_language["python"]["in"], 4)
     assert "discard rate by language" in output
-    assert set(meta["complexity_by_origin"]) == {"reverse", "backfeed"}
+    assert set(meta["complexity_by_origin"]) == {"seed", "reverse", "backfeed"}
+    assert meta["complexity_by_origin"]["seed"]["problems"] == 2
+    seed_scored = table("seed_quality")
+    assert {r["parent_ids"][0] for r in seed_scored} == {s["id"] for s in seeds if s["seed_problem"]}
     assert meta["sft"]["learning_rate"] == 2e-5
     assert "complexity by origin" in output and "funnel" in output
     for entry in meta["funnel"][1:]:  # the invariant, stage by stage
@@ -148,24 +157,31 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
 
 def test_run_writes_to_s3_through_an_airflow_connection(airflow_home, server, tmp_path):
     """``storage_root=s3://...``: the task resolves the ``infinisynth_s3`` connection itself."""
+    import httpx
+
     from tests.support.s3 import moto_s3
+    from tests.test_lint_service import running_service
 
     server.reset()
     server.script(GOOD_ANSWERS)
-    with moto_s3() as s3:
+    # The lint gate runs in the sidecar here, reached through the `lint_service` connection.
+    with moto_s3() as s3, running_service() as (lint_url, lint_port):
         conn = {"conn_type": "aws", **s3.connection()}
         env = {
             **connection_env(server.base_url),
             "AIRFLOW_CONN_INFINISYNTH_S3": json.dumps(conn),
+            "AIRFLOW_CONN_LINT_SERVICE": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": lint_port}),
             "INFINISYNTH_ROOT": "",
         }
         root = f"s3://{s3.bucket}/nightly"
-        conf = {"seed_source": str(write_seed_file(tmp_path)), "max_seeds": 4, "shard_size": 2, "storage_root": root, "backfeed_ratio": 0}
+        conf = {"seed_source": str(write_seed_file(tmp_path)), "max_seeds": 4, "shard_size": 2, "storage_root": root, "backfeed_ratio": 0, "holdout_fraction": 0}
 
         output = airflow_home.dags_test("code_instruct", "2026-01-03", conf, env)
 
         keys = [obj["Key"] for obj in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="nightly/")["Contents"]]
         assert "nightly/code_instruct/dataset/ds=2026-01-03/_manifest.json" in keys
         store = store_for(root, lambda conn_id: s3.connection() if conn_id == "infinisynth_s3" else None)
-        assert store.partition("code_instruct", "dataset", "2026-01-03").read().num_rows == 4
+        assert store.partition("code_instruct", "dataset", "2026-01-03").read().num_rows == 4  # holdout_fraction 0
+        gate_meta = store.partition("code_instruct", "verify", "2026-01-03").manifest().meta["lint_gate"]
+        assert gate_meta["where"] == lint_url and gate_meta["fingerprint"] == httpx.get(f"{lint_url}/healthz").json()["fingerprint"]
         assert s3.secret not in output

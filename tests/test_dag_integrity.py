@@ -52,7 +52,7 @@ def test_dag_files_import_quickly_without_network_or_heavy_imports():
 def test_code_instruct_dag_shape():
     dag = parse_dags()["dags"]["code_instruct"]
     assert set(dag["tasks"]) == {
-        "prepare_seeds", "reverse_construct", "commit_reverse", "extract_keywords", "build_knowledge_graph",
+        "prepare_seeds", "reverse_construct", "commit_reverse", "assess_seed_problems", "commit_seed_quality", "extract_keywords", "build_knowledge_graph",
         "backfeed_construct", "commit_backfeed", "assess_quality", "commit_quality", "generate_responses", "commit_respond", "verify_responses", "publish",
     }
     assert dag["catchup"] is False

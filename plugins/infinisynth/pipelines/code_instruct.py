@@ -26,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from infinisynth import knowledge_graph as kg
 from infinisynth import seeds
 from infinisynth.llm import LLMClient, RoleConfig
+from infinisynth.holdout import split_holdout, write_holdout
 from infinisynth.prompts import load_prompt
-from infinisynth.records import canonical_json
+from infinisynth.records import canonical_json, content_id
 from infinisynth.runner import Stage
 from infinisynth.shards import commit_stage, funnel_table, run_stage_shard
 from infinisynth.stages.backfeed import COMBINATION_SCHEMA, BackfeedConstruction
@@ -52,6 +53,7 @@ KEYWORD_STAGE = "keywords"
 COMBINATION_STAGE = "combinations"
 BACKFEED_STAGE = "backfeed"
 QUALITY_STAGE = "quality"
+SEED_QUALITY_STAGE = "seed_quality"  # the judge on the seeds' own problems (Magicoder files have them)
 RESPOND_STAGE = "respond"
 VERIFY_STAGE = "verify"
 DATASET_STAGE = "dataset"
@@ -62,10 +64,11 @@ PROMPTS = {
     KEYWORD_STAGE: "keyword_extraction",
     BACKFEED_STAGE: "backfeed_construction",
     QUALITY_STAGE: "quality_assessment",
+    SEED_QUALITY_STAGE: "quality_assessment",
     RESPOND_STAGE: "response",
 }
 # Which role each model-calling stage uses.
-ROLES = {REVERSE_STAGE: "generator", KEYWORD_STAGE: "generator", BACKFEED_STAGE: "generator", QUALITY_STAGE: "judge", RESPOND_STAGE: "generator"}
+ROLES = {REVERSE_STAGE: "generator", KEYWORD_STAGE: "generator", BACKFEED_STAGE: "generator", QUALITY_STAGE: "judge", SEED_QUALITY_STAGE: "judge", RESPOND_STAGE: "generator"}
 
 
 class CodeInstructSettings(BaseModel):
@@ -95,6 +98,8 @@ class CodeInstructSettings(BaseModel):
     lint_gate: bool = True  # off: answers are published unchecked (lint_reason = not_checked)
     lint_max_code_bytes: int = Field(256 * 1024, gt=0)
     lint_timeout_scale: float = Field(1.0, gt=0)
+    score_seed_problems: bool = True  # judge the seeds' own problems too, for the complexity report
+    holdout_fraction: float = Field(0.05, ge=0, lt=1)  # the diagnosis loop's exam, never exported
 
     def role_overrides(self, role: str) -> dict[str, Any]:
         if role == "judge":
@@ -138,9 +143,30 @@ def run_model_stage(
 ) -> dict[str, Any]:
     """One shard of a model-calling stage (the body of every mapped task)."""
     rows = store.partition(PIPELINE, shard["stage"], ds).read_file(shard["file"]).to_pylist()
+    if stage == SEED_QUALITY_STAGE:
+        rows = seed_problems(rows) if settings.score_seed_problems else []
     role = roles(ROLES[stage]).with_overrides(**settings.role_overrides(ROLES[stage]))
     factory = _stage_factory(stage, settings)
     return run_stage_shard(store, PIPELINE, stage, ds, shard["shard"], rows, role, factory).to_dict()
+
+
+def seed_problems(seed_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The problems that came with the seeds (a Magicoder file's ``problem`` column), shaped as
+    problems of origin ``seed`` so the judge scores them like ours: the paper's baseline for
+    complexity (seed 3.17 against reverse 5.85 and backfeed 6.83). Mined snippets have none."""
+    return [
+        {
+            "id": content_id("seed_problem", row["id"]),
+            "parent_ids": [row["id"]],
+            "origin": "seed",
+            "lang": row.get("lang"),
+            "problem": row["seed_problem"],
+            "seed": row["seed"],
+            "provenance": "{}",
+        }
+        for row in seed_rows
+        if (row.get("seed_problem") or "").strip()
+    ]
 
 
 def _stage_factory(stage: str, settings: CodeInstructSettings) -> Callable[[LLMClient], Stage]:
@@ -153,7 +179,7 @@ def _stage_factory(stage: str, settings: CodeInstructSettings) -> Callable[[LLMC
         return lambda client: KeywordExtraction(client, prompt)
     if stage == BACKFEED_STAGE:
         return lambda client: BackfeedConstruction(client, prompt, checks)
-    if stage == QUALITY_STAGE:
+    if stage in (QUALITY_STAGE, SEED_QUALITY_STAGE):
         quality = QualitySettings(samples=settings.quality_samples, threshold=settings.quality_threshold)
         return lambda client: QualityAssessment(client, prompt, quality)
     if stage == RESPOND_STAGE:
@@ -166,6 +192,7 @@ _SCHEMAS = {
     KEYWORD_STAGE: KeywordExtraction.schema,
     BACKFEED_STAGE: BackfeedConstruction.schema,
     QUALITY_STAGE: QualityAssessment.schema,
+    SEED_QUALITY_STAGE: QualityAssessment.schema,
     RESPOND_STAGE: ResponseGeneration.schema,
 }
 
@@ -203,7 +230,11 @@ def commit_verify(store: Store, ds: str, shard_results: list[dict[str, Any]], se
     """Publish the gate's shards with the discard rate per language in the manifest and the log."""
     rates = discard_rates(shard_results)
     gate = make_gate(settings, lookup)
-    meta = {"discard_by_language": rates, "lint_gate": {"enabled": settings.lint_gate, "fingerprint": gate.fingerprint() if settings.lint_gate else None}}
+    where = lint_service_url(lookup) or "in-process"
+    meta = {
+        "discard_by_language": rates,
+        "lint_gate": {"enabled": settings.lint_gate, "fingerprint": gate.fingerprint() if settings.lint_gate else None, "where": where},
+    }
     results = [{k: v for k, v in r.items() if k != BY_LANGUAGE} for r in shard_results]
     funnel = commit_stage(store, PIPELINE, VERIFY_STAGE, ds, VERIFIED_SCHEMA, results, meta=meta)
     log.info("lint gate discard rate by language (paper: about 10%%)\n%s", discard_table(rates))
@@ -257,19 +288,25 @@ def _language_weights(store: Store, ds: str, settings: CodeInstructSettings) -> 
 # -- publishing ---------------------------------------------------------------------------------
 
 
-def publish(store: Store, ds: str) -> dict[str, Any]:
-    """Chat-format rows from every answered problem, with the night's funnel and complexity report."""
+def publish(store: Store, ds: str, settings: CodeInstructSettings) -> dict[str, Any]:
+    """Chat-format rows from every verified pair, less the held-out slice, with the night's funnel
+    and complexity report."""
     answered = store.partition(PIPELINE, VERIFY_STAGE, ds).read()
-    dataset = to_chat_rows(answered)
+    # The held-out slice (the deficiency-diagnosis loop's exam) never enters the training export.
+    dataset, held_out = split_holdout(to_chat_rows(answered), settings.holdout_fraction)
+    write_holdout(store, PIPELINE, ds, held_out, {"rows_total": dataset.num_rows + held_out.num_rows})
     funnel = night_funnel(store, ds)
     complexity = complexity_by_origin(store, ds)
-    meta = {"pipeline": PIPELINE, "stage": DATASET_STAGE, "ds": ds, "funnel": funnel, "complexity_by_origin": complexity, "sft": SFT_DEFAULTS}
+    meta = {
+        "pipeline": PIPELINE, "stage": DATASET_STAGE, "ds": ds, "funnel": funnel, "complexity_by_origin": complexity,
+        "held_out": {"rows": held_out.num_rows, "fraction": settings.holdout_fraction}, "sft": SFT_DEFAULTS,
+    }
     store.partition(PIPELINE, DATASET_STAGE, ds).write_and_commit(dataset, meta=meta, schema=DATASET_SCHEMA)
     log.info("code_instruct %s funnel\n%s", ds, funnel_table(funnel))
     verify_meta = store.partition(PIPELINE, VERIFY_STAGE, ds).manifest().meta
     log.info("lint gate discard rate by language\n%s", discard_table(verify_meta.get("discard_by_language", {})))
     log.info("complexity by origin (paper: seed 3.17, reverse 5.85, backfeed 6.83): %s", canonical_json(complexity))
-    return {"partition": store.partition(PIPELINE, DATASET_STAGE, ds).url, "rows": dataset.num_rows}
+    return {"partition": store.partition(PIPELINE, DATASET_STAGE, ds).url, "rows": dataset.num_rows, "held_out": held_out.num_rows}
 
 
 def night_funnel(store: Store, ds: str) -> list[dict[str, Any]]:
@@ -287,14 +324,17 @@ def night_funnel(store: Store, ds: str) -> list[dict[str, Any]]:
 def complexity_by_origin(store: Store, ds: str) -> dict[str, dict[str, float]]:
     """Mean judge complexity per origin over every assessed problem, kept or rejected."""
     values: dict[str, list[float]] = {}
-    scored = store.partition(PIPELINE, QUALITY_STAGE, ds).read(columns=["origin", "complexity"])
-    for origin, value in zip(scored.column("origin").to_pylist(), scored.column("complexity").to_pylist()):
-        values.setdefault(origin, []).append(value)
-    rejected = store.rejected(PIPELINE, QUALITY_STAGE, ds).read(columns=["reason", "evidence_json"])
-    for reason, evidence in zip(rejected.column("reason").to_pylist(), rejected.column("evidence_json").to_pylist()):
-        if reason == "low_quality" and evidence:
-            facts = json.loads(evidence)
-            values.setdefault(facts["origin"], []).append(facts["complexity"])
+    for stage in (SEED_QUALITY_STAGE, QUALITY_STAGE):
+        if not store.partition(PIPELINE, stage, ds).exists():
+            continue  # seed problems are scored only when the seeds have them
+        scored = store.partition(PIPELINE, stage, ds).read(columns=["origin", "complexity"])
+        for origin, value in zip(scored.column("origin").to_pylist(), scored.column("complexity").to_pylist()):
+            values.setdefault(origin, []).append(value)
+        rejected = store.rejected(PIPELINE, stage, ds).read(columns=["reason", "evidence_json"])
+        for reason, evidence in zip(rejected.column("reason").to_pylist(), rejected.column("evidence_json").to_pylist()):
+            if reason == "low_quality" and evidence:
+                facts = json.loads(evidence)
+                values.setdefault(facts["origin"], []).append(facts["complexity"])
     return {origin: {"mean": round(fmean(v), 2), "problems": len(v)} for origin, v in sorted(values.items())}
 
 
