@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,17 +37,24 @@ def start_service(port: int, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-@pytest.fixture(scope="module")
-def service() -> Iterator[str]:
+@contextmanager
+def running_service(*extra: str) -> Iterator[tuple[str, int]]:
+    """The service as a real process on a free loopback port: (base URL, port)."""
     port = free_port()
-    process = start_service(port, "--max-body-bytes", str(MAX_BODY), "--max-items", str(MAX_ITEMS))
+    process = start_service(port, *extra)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/healthz", timeout=60)
-        yield url
+        yield url, port
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[str]:
+    with running_service("--max-body-bytes", str(MAX_BODY), "--max-items", str(MAX_ITEMS)) as (url, _):
+        yield url
 
 
 def test_healthz_names_every_tool_with_its_version(service):

@@ -19,6 +19,7 @@ import secrets
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from infinisynth.records import content_id
 from infinisynth.verify import sandbox
@@ -100,7 +101,7 @@ class LocalGate:
             except LinterUnavailable:
                 versions[linter.tool] = "unavailable"
         configs = sorted({str(path) for group in self.linters.values() for linter in group for path in linter.config_files()})
-        digests = {path: hashlib.sha256(open(path, "rb").read()).hexdigest() for path in configs}
+        digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in configs}
         limits = {k: v for k, v in asdict(self.settings).items() if k in ("max_code_bytes", "max_findings")}
         return content_id("lint-gate", versions, digests, limits)
 
