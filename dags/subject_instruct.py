@@ -66,6 +66,7 @@ REDUCE = {"trigger_rule": "none_failed"}  # an empty or skipped upstream (no sha
         "max_seeds": Param(1000, type="integer", minimum=1, description="Seeds evolved per night (most selection reasons first)"),
         "generations": Param(3, type="integer", minimum=1, maximum=MAX_GENERATIONS, description="Evolution generations, each over the previous one's survivors"),
         "copy_ngram_words": Param(6, type="integer", minimum=2, description="Oracle: a run of this many words copied from the evolution prompt rejects a rewrite"),
+        "oracle_verdict": Param(True, type="boolean", description="Ask the oracle whether each rewrite adds information and is answerable; off = the deterministic checks only (tiny demo models)"),
         "min_followups": Param(1, type="integer", minimum=1, maximum=4, description="Multi-turn: fewest follow-up rounds (paper: 1)"),
         "max_followups": Param(4, type="integer", minimum=1, maximum=4, description="Multi-turn: most follow-up rounds (paper: 4)"),
         "difficulty_samples": Param(1, type="integer", minimum=1, description="Judge ratings averaged per difficulty score"),

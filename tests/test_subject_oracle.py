@@ -66,3 +66,11 @@ def test_each_failure_has_its_reason_and_survivors_keep_the_explanation(fresh_sc
     assert [o["id"] for o in outputs] == ["ev-0"]
     assert outputs[0]["oracle_explanation"] == "adds mechanisms and constraints"
     assert "oracle_g1" in json.loads(outputs[0]["provenance"])
+
+
+def test_without_the_model_verdict_only_the_deterministic_checks_run(fresh_scripted):
+    make = lambda c: OracleCheck(c, load_prompt("subject_oracle_check"), load_prompt("subject_evolution"), OracleSettings(model_verdict=False))  # noqa: E731
+    rows = [evolved(0, "Explain how mRNA vaccines train B cells, in under 200 words."), evolved(1, PARENT.upper())]
+    outputs, rejects = run_stage(fresh_scripted, make, rows)
+    assert [o["id"] for o in outputs] == ["ev-0"] and [r["reason"] for r in rejects] == ["no_new_information"]
+    assert fresh_scripted.stats()["total"] == 0

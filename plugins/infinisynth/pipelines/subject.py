@@ -120,6 +120,7 @@ class SubjectSettings(BaseModel):
     # evolution, oracle, multi-turn, difficulty
     generations: int = Field(3, ge=1, le=MAX_GENERATIONS)
     copy_ngram_words: int = Field(6, ge=2)
+    oracle_verdict: bool = True  # False: the oracle's deterministic checks only (demos on tiny models)
     min_followups: int = Field(1, ge=1, le=4)
     max_followups: int = Field(4, ge=1, le=4)
     difficulty_samples: int = Field(1, ge=1)
@@ -318,7 +319,7 @@ def _stage_factory(stage: str, settings: SubjectSettings) -> Callable[[LLMClient
         return lambda client: Evolution(client, prompt, evolution)
     if kind == "oracle":
         oracle, evolution_prompt = load_prompt(PROMPTS["oracle"]), load_prompt(PROMPTS["evolve"])
-        check = OracleSettings(copy_ngram_words=settings.copy_ngram_words)
+        check = OracleSettings(copy_ngram_words=settings.copy_ngram_words, model_verdict=settings.oracle_verdict)
         return lambda client: OracleCheck(client, oracle, evolution_prompt, check)
     if kind == RESPOND_STAGE:
         prompt = load_prompt(PROMPTS[RESPOND_STAGE])

@@ -12,7 +12,8 @@ In order, cheapest first:
    requirement to its parent, ``unanswerable`` if a capable assistant could not answer it (missing
    material, contradictory, nonsensical, or asks for something impossible).
 
-Survivors carry the oracle's explanation. Responses are generated afterwards, and a refusal or an
+Survivors carry the oracle's explanation. ``model_verdict=False`` keeps only checks 1 and 2 (the
+demo does this: a 135M model judges nearly every rewrite unanswerable). Responses are generated afterwards, and a refusal or an
 empty answer there rejects the instruction too (Evol-Instruct's "the model cannot answer" signal).
 """
 
@@ -47,6 +48,9 @@ class OracleVerdict(BaseModel):
 @dataclass(frozen=True)
 class OracleSettings:
     copy_ngram_words: int = 6  # a run this long shared with the prompt (and not the parent) is a copy
+    # False: deterministic checks only. For demos on tiny models, whose verdicts reject nearly
+    # everything; nightly runs keep the oracle's verdict.
+    model_verdict: bool = True
 
 
 def words(text: str) -> list[str]:
@@ -98,6 +102,9 @@ class OracleCheck:
             )
         if same_text(instruction, parent):
             return Rejected("no_new_information", "the evolved instruction is the same text as its parent", evidence={"operation": row["operation"]})
+        if not self.settings.model_verdict:
+            provenance = with_provenance(row, f"oracle_g{row.get('generation')}", "deterministic checks only", "-")
+            return Passed([{**row, "oracle_explanation": None, "provenance": provenance}])
         messages = self.prompt.render(parent=parent, instruction=instruction, operation=row["operation"].replace("_", " "))
         verdict = await self.client.structured(messages, OracleVerdict, stage=self.name)
         evidence = {"operation": row["operation"], "adds_information": verdict.adds_information, "answerable": verdict.answerable}
