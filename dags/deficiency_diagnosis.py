@@ -14,7 +14,7 @@ Infinity Instruct Subject's closed loop (Mechanism 3). Each run is one numbered 
 4. **Aggregate**: deficiencies grouped and ranked by frequency x severity; accuracy recorded.
 5. **Targeted synthesis**: up to `max_targeted` new instructions for the top groups, in proportion
    to weight; any too close to a diagnosis prompt (embedding or n-gram) is rejected; then the
-   quality gate and responses as in `code_instruct`; published with `origin = diagnosis` and the
+   quality gate, responses and the static lint gate as in `code_instruct`; published with `origin = diagnosis` and the
    deficiency each row targets.
 
 Data: `{storage_root}/diagnosis/{stage}/ds={date}.iter{NNNN}/`; one row per iteration in
@@ -36,7 +36,9 @@ MODELS_REGISTERED = Asset(name="models.registered", uri="infinisynth://models/re
 DIAGNOSIS_DATASET = Asset(name="diagnosis.dataset", uri="infinisynth://diagnosis/dataset")
 
 MAPPED = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"}
-REDUCE = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still commits
+REDUCE = {"trigger_rule": "none_failed"}
+# The static gate runs linters, not model calls: outside the llm pool, a few shards at a time.
+GATE = {"max_active_tis_per_dagrun": 2, "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"}  # an empty upstream (no shards) still commits
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 
@@ -101,6 +103,9 @@ register_model()
         "oracle_model": Param("", type="string", description="Override the oracle connection's model"),
         "generator_model": Param("", type="string"),
         "judge_model": Param("", type="string"),
+        "lint_gate": Param(True, type="boolean", description="Discard pairs whose code has an error-level lint finding (the code pipeline's static gate)"),
+        "lint_max_code_bytes": Param(262144, type="integer", minimum=1),
+        "lint_timeout_scale": Param(1.0, type="number", exclusiveMinimum=0),
         "storage_root": Param("", type="string", description="Object-storage URL; empty = INFINISYNTH_ROOT or data/ in the project"),
     },
 )
@@ -172,8 +177,15 @@ def deficiency_diagnosis():
         from infinisynth.pipelines import diagnosis as p
 
         store, settings = run_store(params), p.DiagnosisSettings(**params)
-        p.commit(store, run, p.RESPOND_STAGE, list(results), connection_lookup, settings)
+        p.commit_verify(store, run, list(results), connection_lookup, settings)
         return p.publish(store, run, settings)
+
+    @task(**GATE)
+    def verify_responses(run: dict, shard: dict, params=None) -> dict:
+        from infinisynth.airflow_env import connection_lookup, run_store
+        from infinisynth.pipelines import diagnosis as p
+
+        return p.run_verify(run_store(params), run, shard, connection_lookup, p.DiagnosisSettings(**params))
 
     run = start_iteration()
     answers = model_stage.override(task_id="answer_prompts").partial(stage="answer", run=run).expand(shard=diagnosis_shards(run))
@@ -185,7 +197,8 @@ def deficiency_diagnosis():
     scored = model_stage.override(task_id="assess_quality").partial(stage="quality", run=run).expand(shard=screened)
     kept = commit_stage.override(task_id="commit_quality")(stage="quality", run=run, results=scored, next_stages=["quality"])
     responses = model_stage.override(task_id="generate_responses").partial(stage="respond", run=run).expand(shard=kept)
-    publish(run, responses)
+    answered_shards = commit_stage.override(task_id="commit_respond")(stage="respond", run=run, results=responses, next_stages=["respond"])
+    publish(run, verify_responses.partial(run=run).expand(shard=answered_shards))
 
 
 deficiency_diagnosis()

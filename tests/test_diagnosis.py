@@ -210,7 +210,7 @@ def test_diagnosis_dags_parse_with_their_asset_schedule_and_params():
     diagnosis = dags["deficiency_diagnosis"]
     assert "models.registered" in diagnosis["schedule"] and diagnosis["catchup"] is False
     assert {"start_iteration", "answer_prompts", "judge_answers", "aggregate_deficiencies", "synthesize_targeted",
-            "screen_leakage", "assess_quality", "generate_responses", "publish"} <= set(diagnosis["tasks"])
+            "screen_leakage", "assess_quality", "generate_responses", "commit_respond", "verify_responses", "publish"} <= set(diagnosis["tasks"])
     for param in ("target_base_url", "target_model", "diagnosis_source", "max_targeted", "top_groups",
                   "leakage_max_cosine", "leakage_max_ngram_overlap", "storage_root"):
         assert param in diagnosis["params"]

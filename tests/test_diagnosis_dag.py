@@ -23,6 +23,7 @@ DIAGNOSIS_SET = [
 ]
 EDGE = {"skill": "handling boundary conditions of interval input", "knowledge_area": "interval scheduling", "error_type": "missed_edge_case", "description": "ignores touching intervals in min_rooms"}
 TIES = {"skill": "breaking ties deterministically", "knowledge_area": "aggregation", "error_type": "wrong_logic", "severity": "minor", "description": "picks an arbitrary key on ties"}
+TIES_PROBLEM = "TIESMARK: Write a Python function that ranks chess players by rating and, when two ratings are equal, orders them by registration date, returning the names in order."
 PARAPHRASE = "Write a Python function that receives a list of meeting reservations as (start, end) pairs and computes the smallest number of rooms needed so no two overlapping reservations share a room."
 
 
@@ -38,6 +39,10 @@ RULES = [
     {"match": "Candidate answer", "actions": [{"json": {"correct": True, "deficiencies": [], "rationale": "matches"}}]},
     # Targeted synthesis: one instruction for the edge-case group paraphrases a diagnosis prompt.
     {"match": ["Skill: handling boundary conditions", "This is variant 1:"], "actions": [{"json": {"problem": PARAPHRASE}}]},
+    # The ties group's instruction gets an answer whose code the static gate rejects; the rest pass.
+    {"match": "Skill: breaking ties", "actions": [{"json": {"problem": TIES_PROBLEM}}]},
+    {"match": ["TIESMARK", "Solve the following programming problem"], "actions": [{"content": "```python\ndef rank(players):\n    return sorted(players, key=ratingz)\n```\n"}]},
+    {"match": "Solve the following programming problem", "actions": [{"content": "Sort, then scan.\n\n```python\ndef solve(items):\n    return sorted(items)\n```\n"}]},
 ]
 
 
@@ -96,14 +101,18 @@ def test_diagnosis_run_ranks_known_deficiencies_and_publishes_targeted_rows(airf
     assert leak["reason"] == "too_close_to_diagnosis" and "diagnosis:rooms" in leak["detail"]
     assert PARAPHRASE in leak["input_json"]
 
-    # Published: origin diagnosis, the deficiency each row targets, through quality and responses.
+    # Published: origin diagnosis, the deficiency each row targets, through quality, responses and
+    # the static lint gate (the ties answer's undefined name discards that pair).
     dataset = table("dataset")
-    assert len(dataset) == 5 == len(table("quality")) == len(table("respond"))
+    assert len(table("quality")) == len(table("respond")) == 5
+    [lint_reject] = rejected("verify")
+    assert lint_reject["reason"] == "lint_error" and "TIESMARK" in lint_reject["input_json"] and "undefined-variable" in lint_reject["detail"]
+    assert len(dataset) == 4 == len(table("verify"))
     assert all(r["origin"] == "diagnosis" and r["iteration"] == 1 for r in dataset)
-    assert sorted(r["deficiency"]["rank"] for r in dataset) == [1, 1, 1, 1, 2]
+    assert sorted(r["deficiency"]["rank"] for r in dataset) == [1, 1, 1, 1]
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in dataset)
     meta = store.partition("diagnosis", "dataset", part).manifest().meta
-    assert [e["stage"] for e in meta["funnel"]] == ["diagnosis_set", "answer", "verdict", "targeted", "leakage", "quality", "respond"]
+    assert [e["stage"] for e in meta["funnel"]] == ["diagnosis_set", "answer", "verdict", "targeted", "leakage", "quality", "respond", "verify"]
     for entry in meta["funnel"]:
         assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]
 

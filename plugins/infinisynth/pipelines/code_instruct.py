@@ -38,10 +38,10 @@ from infinisynth.stages.publish import DATASET_SCHEMA, SFT_DEFAULTS, to_chat_row
 from infinisynth.stages.quality import QualityAssessment, QualitySettings
 from infinisynth.stages.respond import ResponseGeneration
 from infinisynth.stages.reverse import ReverseConstruction, ReverseSettings
-from infinisynth.stages.verify import BY_LANGUAGE, VERIFIED_SCHEMA, StaticVerification, VerifySettings, discard_rates, discard_table, run_verify_shard
+from infinisynth.stages import verify
 from infinisynth.settings import ConnectionLookup, env_connection, lint_service_url
 from infinisynth.storage import Store
-from infinisynth.verify.gate import GateSettings, LocalGate
+from infinisynth.verify.gate import LocalGate
 from infinisynth.verify.model import Gate
 
 log = logging.getLogger(__name__)
@@ -208,37 +208,22 @@ def commit(store: Store, ds: str, stage: str, shard_results: list[dict[str, Any]
 
 
 def make_gate(settings: CodeInstructSettings, lookup: ConnectionLookup = env_connection) -> Gate:
-    """The lint sidecar when its URL is configured (``lint_service`` connection or
-    ``INFINISYNTH_LINT_URL``), else the linters on this worker."""
-    url = lint_service_url(lookup)
-    if url:
-        from infinisynth.verify.client import LintServiceClient
-
-        return LintServiceClient(url)
-    return LocalGate(GateSettings(max_code_bytes=settings.lint_max_code_bytes, timeout_scale=settings.lint_timeout_scale))
+    return verify.make_gate(lookup, max_code_bytes=settings.lint_max_code_bytes, timeout_scale=settings.lint_timeout_scale)
 
 
 def run_verify(store: Store, ds: str, shard: dict[str, Any], settings: CodeInstructSettings, lookup: ConnectionLookup = env_connection) -> dict[str, Any]:
     """One shard of answered problems through the lint gate (the body of the mapped gate task)."""
     rows = store.partition(PIPELINE, shard["stage"], ds).read_file(shard["file"]).to_pylist()
     gate = make_gate(settings, lookup) if settings.lint_gate else LocalGate()
-    stage = StaticVerification(gate, VerifySettings(enabled=settings.lint_gate))
-    return run_verify_shard(store, PIPELINE, ds, shard["shard"], rows, stage)
+    stage = verify.StaticVerification(gate, verify.VerifySettings(enabled=settings.lint_gate))
+    return verify.run_verify_shard(store, PIPELINE, ds, shard["shard"], rows, stage)
 
 
 def commit_verify(store: Store, ds: str, shard_results: list[dict[str, Any]], settings: CodeInstructSettings, lookup: ConnectionLookup = env_connection) -> dict[str, Any]:
     """Publish the gate's shards with the discard rate per language in the manifest and the log."""
-    rates = discard_rates(shard_results)
     gate = make_gate(settings, lookup)
     where = lint_service_url(lookup) or "in-process"
-    meta = {
-        "discard_by_language": rates,
-        "lint_gate": {"enabled": settings.lint_gate, "fingerprint": gate.fingerprint() if settings.lint_gate else None, "where": where},
-    }
-    results = [{k: v for k, v in r.items() if k != BY_LANGUAGE} for r in shard_results]
-    funnel = commit_stage(store, PIPELINE, VERIFY_STAGE, ds, VERIFIED_SCHEMA, results, meta=meta)
-    log.info("lint gate discard rate by language (paper: about 10%%)\n%s", discard_table(rates))
-    return funnel
+    return verify.commit_verified(store, PIPELINE, ds, shard_results, gate, enabled=settings.lint_gate, where=where)
 
 
 # -- the knowledge graph (reduce, then fan out) -------------------------------------------------
@@ -304,7 +289,7 @@ def publish(store: Store, ds: str, settings: CodeInstructSettings) -> dict[str, 
     store.partition(PIPELINE, DATASET_STAGE, ds).write_and_commit(dataset, meta=meta, schema=DATASET_SCHEMA)
     log.info("code_instruct %s funnel\n%s", ds, funnel_table(funnel))
     verify_meta = store.partition(PIPELINE, VERIFY_STAGE, ds).manifest().meta
-    log.info("lint gate discard rate by language\n%s", discard_table(verify_meta.get("discard_by_language", {})))
+    log.info("lint gate discard rate by language\n%s", verify.discard_table(verify_meta.get("discard_by_language", {})))
     log.info("complexity by origin (paper: seed 3.17, reverse 5.85, backfeed 6.83): %s", canonical_json(complexity))
     return {"partition": store.partition(PIPELINE, DATASET_STAGE, ds).url, "rows": dataset.num_rows, "held_out": held_out.num_rows}
 

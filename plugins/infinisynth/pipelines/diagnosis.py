@@ -3,7 +3,8 @@
 
     start (target model, iteration number, diagnosis set) -> answer (target) -> verdict (oracle)
       -> aggregate (groups, ranking, accuracy, plan) -> targeted (generator) -> leakage screen
-      -> quality (judge) -> respond (generator) -> publish (dataset, iteration row, report)
+      -> quality (judge) -> respond (generator) -> verify (static lint gate)
+      -> publish (dataset, iteration row, report)
 
 Every table of an iteration lives under ``{root}/diagnosis/{stage}/ds={date}.iter{NNNN}/`` (the
 iteration's *partition*), so two iterations on one day never overwrite each other. Task bodies
@@ -33,11 +34,12 @@ from infinisynth.llm import LLMClient, RoleConfig
 from infinisynth.prompts import load_prompt
 from infinisynth.records import REJECTED_SCHEMA, canonical_json
 from infinisynth.runner import Stage
-from infinisynth.settings import ConnectionLookup, role_config
+from infinisynth.settings import ConnectionLookup, lint_service_url, role_config
 from infinisynth.shards import ShardResult, commit_stage, funnel_table, run_stage_shard
 from infinisynth.stages.problems import ProblemChecks
 from infinisynth.stages.publish import DATASET_SCHEMA, SFT_DEFAULTS, to_chat_rows
 from infinisynth.stages.quality import SCORED_SCHEMA, QualityAssessment, QualitySettings
+from infinisynth.stages import verify
 from infinisynth.stages.respond import RESPONSE_SCHEMA, ResponseGeneration
 from infinisynth.storage import Store
 
@@ -53,8 +55,9 @@ TARGETED_STAGE = "targeted"
 LEAKAGE_STAGE = "leakage"
 QUALITY_STAGE = "quality"
 RESPOND_STAGE = "respond"
+VERIFY_STAGE = "verify"
 DATASET_STAGE = "dataset"
-FUNNEL_STAGES = (SET_STAGE, ANSWER_STAGE, VERDICT_STAGE, TARGETED_STAGE, LEAKAGE_STAGE, QUALITY_STAGE, RESPOND_STAGE)
+FUNNEL_STAGES = (SET_STAGE, ANSWER_STAGE, VERDICT_STAGE, TARGETED_STAGE, LEAKAGE_STAGE, QUALITY_STAGE, RESPOND_STAGE, VERIFY_STAGE)
 
 PROMPTS = {
     ANSWER_STAGE: "diagnosis_answer",
@@ -106,6 +109,9 @@ class DiagnosisSettings(BaseModel):
     oracle_model: str = ""
     generator_model: str = ""
     judge_model: str = ""
+    lint_gate: bool = True  # the same static gate as code_instruct: error-level findings discard a pair
+    lint_max_code_bytes: int = Field(256 * 1024, gt=0)
+    lint_timeout_scale: float = Field(1.0, gt=0)
 
     @property
     def leakage(self) -> LeakageSettings:
@@ -283,7 +289,24 @@ def screen(store: Store, run: dict[str, Any], settings: DiagnosisSettings) -> li
 # -- publishing ---------------------------------------------------------------------------------
 
 
-def publish(store: Store, run: dict[str, Any], settings: DiagnosisSettings, answered_stage: str = RESPOND_STAGE) -> dict[str, Any]:
+def _gate(settings: DiagnosisSettings, lookup: ConnectionLookup) -> verify.Gate:
+    return verify.make_gate(lookup, max_code_bytes=settings.lint_max_code_bytes, timeout_scale=settings.lint_timeout_scale)
+
+
+def run_verify(store: Store, run: dict[str, Any], shard: dict[str, Any], lookup: ConnectionLookup, settings: DiagnosisSettings) -> dict[str, Any]:
+    """One shard of answered targeted instructions through the static lint gate."""
+    partition = run["partition"]
+    rows = store.partition(PIPELINE, shard["stage"], partition).read_file(shard["file"]).to_pylist()
+    stage = verify.StaticVerification(_gate(settings, lookup), verify.VerifySettings(enabled=settings.lint_gate))
+    return verify.run_verify_shard(store, PIPELINE, partition, shard["shard"], rows, stage)
+
+
+def commit_verify(store: Store, run: dict[str, Any], shard_results: list[dict[str, Any]], lookup: ConnectionLookup, settings: DiagnosisSettings) -> dict[str, Any]:
+    where = lint_service_url(lookup) or "in-process"
+    return verify.commit_verified(store, PIPELINE, run["partition"], shard_results, _gate(settings, lookup), enabled=settings.lint_gate, where=where)
+
+
+def publish(store: Store, run: dict[str, Any], settings: DiagnosisSettings, answered_stage: str = VERIFY_STAGE) -> dict[str, Any]:
     """The targeted chat rows (origin diagnosis + the deficiency), the iteration row, the report."""
     partition = run["partition"]
     answered = store.partition(PIPELINE, answered_stage, partition).read()

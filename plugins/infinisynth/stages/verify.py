@@ -21,9 +21,11 @@ import pyarrow as pa
 
 from infinisynth.records import REJECTED_SCHEMA
 from infinisynth.runner import Outcome, Passed, Rejected, rejected_row
-from infinisynth.shards import ShardResult
+from infinisynth.settings import ConnectionLookup, env_connection, lint_service_url
+from infinisynth.shards import ShardResult, commit_stage
 from infinisynth.stages.respond import RESPONSE_SCHEMA
 from infinisynth.storage import Store
+from infinisynth.verify.gate import GateSettings, LocalGate
 from infinisynth.verify.model import Gate
 from infinisynth.verify.responses import VERDICT_FIELDS, ResponseVerdict, verify_responses
 
@@ -125,3 +127,26 @@ def discard_table(rates: dict[str, dict[str, float]]) -> str:
     rows: list[tuple[Any, ...]] = [("language", "in", "failed", "discard rate")]
     rows += [(language, r["in"], r["failed"], f"{r['rate']:.1%}") for language, r in rates.items()]
     return format_table(rows)
+
+
+def make_gate(lookup: ConnectionLookup = env_connection, *, max_code_bytes: int = 256 * 1024, timeout_scale: float = 1.0) -> Gate:
+    """The lint sidecar when its URL is configured (``lint_service`` connection or
+    ``INFINISYNTH_LINT_URL``), else the linters on this worker."""
+    url = lint_service_url(lookup)
+    if url:
+        from infinisynth.verify.client import LintServiceClient
+
+        return LintServiceClient(url)
+    return LocalGate(GateSettings(max_code_bytes=max_code_bytes, timeout_scale=timeout_scale))
+
+
+def commit_verified(
+    store: Store, pipeline: str, ds: str, shard_results: Sequence[dict[str, Any]], gate: Gate, *, enabled: bool = True, where: str = "in-process"
+) -> dict[str, Any]:
+    """Publish the gate's shards with the discard rate per language in the manifest and the log."""
+    rates = discard_rates(shard_results)
+    meta = {"discard_by_language": rates, "lint_gate": {"enabled": enabled, "fingerprint": gate.fingerprint() if enabled else None, "where": where}}
+    results = [{k: v for k, v in r.items() if k != BY_LANGUAGE} for r in shard_results]
+    funnel = commit_stage(store, pipeline, StaticVerification.name, ds, VERIFIED_SCHEMA, results, meta=meta)
+    log.info("%s lint gate discard rate by language (paper: about 10%%)\n%s", pipeline, discard_table(rates))
+    return funnel
