@@ -350,3 +350,41 @@ def test_verdict_columns_round_trip_through_parquet(gate, tmp_path):
     assert rows[1]["lint_passed"] is True and rows[1]["lint_findings"] == []
     assert {t["tool"] for t in rows[1]["lint_tools"]} == {"pylint"} and json.dumps(rows[1]["lint_tools"])
     assert os.path.getsize(tmp_path / "v.parquet") > 0
+
+
+# -- the pipeline stage ---------------------------------------------------------------------------
+
+
+def test_the_verify_stage_passes_rejects_and_counts_per_language(gate, tmp_path):
+    from infinisynth.runner import Passed, Rejected
+    from infinisynth.settings import store_for
+    from infinisynth.stages.verify import VERIFIED_SCHEMA, StaticVerification, VerifySettings, discard_rates, run_verify_shard
+
+    def row(n: int, lang: str, response: str) -> dict:
+        return {"id": f"r{n}", "parent_ids": [], "origin": "reverse", "lang": lang, "problem": "p", "response": response, "provenance": "{}"}
+
+    rows = [
+        row(0, "python", "```python\nprint(1)\n```"),
+        row(1, "python", "```python\nprint(nope)\n```"),
+        row(2, "javascript", "Just call it."),
+        row(3, "javascript", "```js\nconsole.log([1].map((x) => x + 1));\n```"),
+    ]
+    outcomes = asyncio.run(StaticVerification(gate).process_many(rows))
+    assert [type(o) for o in outcomes] == [Passed, Rejected, Rejected, Passed]
+    assert (outcomes[1].reason, outcomes[2].reason) == ("lint_error", "no_code")
+    assert outcomes[1].evidence["lint_findings"][0]["rule"] == "undefined-variable"
+    kept = outcomes[0].rows[0]
+    assert kept["lint_passed"] and kept["lint_tools"][0]["tool"] == "pylint"
+    assert json.loads(kept["provenance"])["verify"]["gate"] == gate.fingerprint()
+
+    # A shard written like any stage's, with per-language counts for the funnel.
+    store = store_for(f"file://{tmp_path}")
+    result = run_verify_shard(store, "test", "2026-01-01", 0, rows, StaticVerification(gate))
+    assert (result["rows_in"], result["output"]["rows"], result["rejected"]["rows"]) == (4, 2, 2)
+    assert result["rejected_by_reason"] == {"lint_error": 1, "no_code": 1}
+    assert discard_rates([result, result]) == {"javascript": {"in": 4, "failed": 2, "rate": 0.5}, "python": {"in": 4, "failed": 2, "rate": 0.5}}
+
+    # Switched off: every row passes, marked as not checked.
+    unchecked = asyncio.run(StaticVerification(gate, VerifySettings(enabled=False)).process_many(rows))
+    assert all(isinstance(o, Passed) and o.rows[0]["lint_passed"] is None and o.rows[0]["lint_reason"] == "not_checked" for o in unchecked)
+    pa.Table.from_pylist([o.rows[0] for o in unchecked], schema=VERIFIED_SCHEMA)  # the schema holds them
