@@ -319,6 +319,22 @@ def test_a_response_passes_only_if_every_block_passes(gate):
     assert verdicts[2].passed and verdicts[2].languages == ("python",)
 
 
+def test_a_block_may_use_names_an_earlier_block_of_the_response_defines(gate):
+    solution_then_usage = "```python\ndef total(xs):\n    return sum(xs)\n```\n\nUsage:\n\n```python\nprint(total([1, 2]))\n```\n"
+    usage_with_a_typo = "```python\ndef total(xs):\n    return sum(xs)\n```\n\n```python\nprint(totl([1, 2]))\nprint(total([3]))\n```\n"
+    usage_first = "```python\nprint(total([1, 2]))\n```\n\n```python\ndef total(xs):\n    return sum(xs)\n```\n"
+    javascript = "```js\nfunction total(xs) {\n  return xs.reduce((a, b) => a + b, 0);\n}\n```\n\n```js\nconsole.log(total([1]));\n```\n"
+    other_language = "```js\nfunction total(xs) { return xs.length; }\n```\n\n```python\nprint(total([1]))\n```\n"
+    verdicts = asyncio.run(
+        verify_responses(gate, [(solution_then_usage, "python"), (usage_with_a_typo, "python"), (usage_first, "python"), (javascript, "javascript"), (other_language, "python")])
+    )
+    assert verdicts[0].passed and verdicts[3].passed
+    ((block, finding),) = verdicts[1].findings
+    assert (block, finding.rule, finding.line, finding.message) == (1, "undefined-variable", 1, "Undefined variable 'totl'")
+    assert not verdicts[2].passed  # only earlier blocks count: that is the order a reader runs them in
+    assert not verdicts[4].passed  # and only blocks of the same language
+
+
 def test_a_response_without_code_is_rejected_as_no_code(gate):
     prose = "You could loop over the list and add the numbers up; that is all there is to it."
     only_output = "```text\n4\n```\n"

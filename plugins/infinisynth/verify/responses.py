@@ -9,7 +9,7 @@ untagged blocks no grammar parses cleanly, are not code and are not checked.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -17,7 +17,7 @@ from markdown_it import MarkdownIt
 
 from infinisynth.verify.detect import detect_languages
 from infinisynth.verify.languages import language_of_tag
-from infinisynth.verify.model import GATE_TOOL, Finding, Gate, LintItem
+from infinisynth.verify.model import GATE_TOOL, Finding, Gate, LintItem, LintResult
 
 PASSED = "ok"
 NO_CODE = "no_code"
@@ -92,7 +92,8 @@ def code_blocks(markdown: str) -> list[tuple[str | None, str]]:
 async def verify_responses(
     gate: Gate, responses: Sequence[tuple[str, str | None]], *, max_blocks: int = MAX_BLOCKS, temp_dir: str | None = None
 ) -> list[ResponseVerdict]:
-    """A verdict per ``(markdown, the row's language)``, all checked in one gate call."""
+    """A verdict per ``(markdown, the row's language)``, all checked in one gate call (and a second
+    for blocks that use names an earlier block defines)."""
     extracted = [code_blocks(markdown)[: max_blocks + 1] for markdown, _ in responses]
     untagged = [(r, b) for r, blocks in enumerate(extracted) for b, (language, code) in enumerate(blocks) if language is None and code.strip()]
     detected = await detect_languages([(extracted[r][b][1], responses[r][1]) for r, b in untagged], temp_dir=temp_dir)
@@ -109,6 +110,7 @@ async def verify_responses(
                 items.append(LintItem(f"{r}:{b}", language, code))
     results = dict(zip([item.id for item in items], await gate.check(items)))
     language_of = {item.id: item.language for item in items}
+    results.update(await _with_earlier_blocks(gate, items, results))
 
     verdicts = []
     for r, blocks in enumerate(extracted):
@@ -127,6 +129,38 @@ async def verify_responses(
         checked_languages = tuple(language_of[key] for _, key in checked)
         verdicts.append(ResponseVerdict(not findings, _reason(findings), checked_languages, tuple(findings), tools))
     return verdicts
+
+
+# Findings that only say a name is not defined; an earlier block of the same response may define it.
+UNDEFINED_NAME = frozenset({("pylint", "undefined-variable"), ("eslint", "no-undef")})
+
+
+async def _with_earlier_blocks(gate: Gate, items: list[LintItem], results: dict[str, LintResult]) -> dict[str, LintResult]:
+    """Re-check blocks whose only findings are undefined names with the response's earlier blocks
+    of the same language in front (a usage example calling the solution's function); a finding
+    goes when the name is defined there. Whatever else the joined text draws (a redefinition, say)
+    is an artefact of joining, not a finding on the block.
+    """
+    earlier: dict[str, list[LintItem]] = {}
+    retries: list[tuple[LintItem, int]] = []  # (block with context, lines of context)
+    for item in items:
+        response = item.id.split(":")[0]
+        before = [e for e in earlier.get(response, []) if e.language == item.language]
+        found = results[item.id].findings
+        if before and found and all((f.tool, f.rule) in UNDEFINED_NAME for f in found):
+            context = "".join(str(e.code).rstrip("\n") + "\n" for e in before)
+            retries.append((LintItem(item.id, item.language, context + str(item.code)), context.count("\n")))
+        earlier.setdefault(response, []).append(item)
+    if not retries:
+        return {}
+    rechecked = await gate.check([item for item, _ in retries])
+    updated = {}
+    for (item, offset), again in zip(retries, rechecked, strict=True):
+        still = {(f.tool, f.rule, f.line - offset, f.message) for f in again.findings}
+        original = results[item.id]
+        left = tuple(f for f in original.findings if (f.tool, f.rule, f.line, f.message) in still)
+        updated[item.id] = replace(original, passed=not left, findings=left)
+    return updated
 
 
 def _reason(findings: list[tuple[int, Finding]]) -> str:
