@@ -35,6 +35,13 @@ DEMO_RUNS: list[tuple[str, dict[str, object]]] = [
         "diagnosis_source": str(PROJECT_ROOT / "plugins" / "infinisynth" / "diagnosis" / "demo_set.jsonl"),
         "max_targeted": 2, "top_groups": 2, "quality_samples": 1, "quality_threshold": 4.0,
     }),
+    # The subject pipeline over the code pipeline's dataset: a pool this small keeps every tag (noise
+    # floor 1), and the 135M oracle judges nearly every rewrite unanswerable, so the demo keeps only
+    # the oracle's deterministic checks; nightly runs keep the paper's defaults.
+    ("subject_instruct", {
+        "pool_source": "code_instruct", "shard_size": 4, "noise_floor": 1, "max_seeds": 3,
+        "generations": 2, "max_followups": 1, "oracle_verdict": False,
+    }),
 ]
 
 
