@@ -13,8 +13,7 @@ from infinisynth.settings import store_for
 from infinisynth.subject.vocabulary import latest_vocabulary_before
 from tests.support.fixtures import connection_env
 from tests.support.servers import scripted_openai
-
-pytestmark = pytest.mark.slow
+from tests.test_dag_integrity import parse_dags
 
 DS = "2026-02-03"
 COMMON = ["photosynthesis", "plant biology"]
@@ -61,6 +60,7 @@ def server():
         yield handle
 
 
+@pytest.mark.slow
 def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflow_home, server, tmp_path):
     server.reset()
     server.script(rules())
@@ -140,3 +140,28 @@ def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflo
     # A re-run of the same date rewrites its partitions with the same ids.
     airflow_home.dags_test("subject_instruct", DS, conf, env)
     assert sorted(r["id"] for r in table("dataset")) == sorted(r["id"] for r in dataset)
+
+
+PAPER_DEFAULTS = {
+    "merge_similarity": 0.91, "cluster_eps": 0.47, "noise_floor": 100, "domains": 25, "long_tail_frequency": 200,
+    "multi_skill_tags": 4, "loss_z": 1.96, "min_followups": 1, "max_followups": 4,
+}
+
+
+def test_dag_shape_and_every_threshold_a_param_with_the_papers_default():
+    from airflow.dag_processing.dagbag import DagBag
+
+    from infinisynth.pipelines.subject import MAX_GENERATIONS, SubjectSettings
+
+    shape = parse_dags()["dags"]["subject_instruct"]
+    assert shape["schedule"] == "@daily" and shape["catchup"] is False
+    generation_tasks = {f"{kind}_g{g}" for g in range(1, MAX_GENERATIONS + 1) for kind in ("evolve", "commit")}
+    assert generation_tasks | {"prepare_pool", "tag_instructions", "normalize_tags", "score_losses", "select_seeds", "publish"} <= set(shape["tasks"])
+    dag = DagBag(str(Path(__file__).resolve().parents[1] / "dags" / "subject_instruct.py")).get_dag("subject_instruct")
+    defaults = {name: dag.params[name] for name in shape["params"]}
+    for name, value in PAPER_DEFAULTS.items():
+        assert defaults[name] == value, name
+    # The task bodies validate Params with the same defaults.
+    settings = SubjectSettings().model_dump()
+    assert all(settings[name] == value for name, value in defaults.items() if name in settings and value not in ("", None))
+    assert {t.task_id for t in dag.tasks if getattr(t, "pool", None) == "llm"} >= {"tag_instructions", "score_losses", "evolve_g1", "generate_responses", "extend_multiturn"}
