@@ -123,6 +123,7 @@ def test_the_client_splits_big_checks_and_agrees_with_the_local_gate(service):
         LintItem("js", "javascript", "missingFn();\n"),
         LintItem("latin1", "python", "print('caf\xe9')".encode("latin-1")),
         LintItem("too-big", "python", "x = 1\n" * (MAX_BODY // 5)),
+        LintItem("surrogate", "python", "print('\ud800')\n"),  # JSON cannot carry it: judged here, as the gate would
     ]
     client = LintServiceClient(service)
     remote = asyncio.run(client.check(items))
@@ -132,6 +133,7 @@ def test_the_client_splits_big_checks_and_agrees_with_the_local_gate(service):
     assert sum(not r.passed for r in remote[:60]) == 20
     assert remote[61].findings[0].rule == BINARY_CODE
     assert remote[62].findings[0].rule == CODE_TOO_LARGE
+    assert remote[63].findings == asyncio.run(LocalGate().check([items[63]]))[0].findings
     assert client.fingerprint() == LocalGate().fingerprint()
 
 

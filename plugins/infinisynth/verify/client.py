@@ -28,8 +28,19 @@ class LintServiceError(RuntimeError):
 
 
 class LintServiceClient:
-    def __init__(self, url: str, *, timeout: float = 600.0, connect_timeout: float = 10.0, retries: int = 4, backoff: float = 0.5, concurrency: int = 2):
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        concurrency: int = 2,
+        max_items_per_request: int = 500,  # keeps one request well inside the timeout, even for C++
+    ):
         self.url = url.rstrip("/")
+        self.max_items_per_request = max_items_per_request
         self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self.retries = retries
         self.backoff = backoff
@@ -66,7 +77,7 @@ class LintServiceClient:
                 for (index, _, _), answer in zip(chunk, answered, strict=True):
                     results[index] = _result(items[index].id, answer)
 
-            await asyncio.gather(*(send(chunk) for chunk in _chunks(payloads, limits["max_body_bytes"], limits["max_items"])))
+            await asyncio.gather(*(send(chunk) for chunk in _chunks(payloads, limits["max_body_bytes"], min(limits["max_items"], self.max_items_per_request))))
         return [results[index] for index in range(len(items))]
 
     # -- HTTP ---------------------------------------------------------------------------------
@@ -121,7 +132,12 @@ class LintServiceClient:
 
 
 def _as_text(item: LintItem) -> tuple[str, Finding | None]:
+    """The code as text JSON can carry, or the verdict the gate would give it (see LocalGate._admit)."""
     if isinstance(item.code, str):
+        try:
+            item.code.encode("utf-8")
+        except UnicodeEncodeError:  # JSON parsers refuse lone surrogates: the whole request would fail
+            return "", Finding(GATE_TOOL, BINARY_CODE, 0, "contains unpaired surrogates: not valid text")
         return item.code, None
     try:
         return item.code.decode("utf-8"), None
