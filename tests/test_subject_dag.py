@@ -127,6 +127,8 @@ def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflo
     assert report["pool"]["network"]["tags"] >= 2 and "power_law" in report["pool"]["network"]
     assert report["difficulty"]["before"]["mean"] == 3 and report["difficulty"]["after"]["mean"] == 7
     assert meta["difficulty"] == report["difficulty"] and meta["sft"]["learning_rate"] == 2e-5
+    assert report["selection"]["seeds"] == len(seeds) and report["selection"]["criteria"]["multi_skill"]["rows"] == 1
+    assert "seed selection:" in output
     for name in meta["plots"]:
         assert Image.open(io.BytesIO(store.fs.cat_file(f"{folder}/{name}"))).format == "PNG"
     assert "coverage and depth report" in output and "tags per domain" in output and "difficulty before evolution 3.0" in output

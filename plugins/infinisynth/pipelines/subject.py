@@ -443,7 +443,13 @@ def publish(store: Store, ds: str, settings: SubjectSettings) -> dict[str, Any]:
     }
     partition.write_and_commit(dataset, meta=meta, schema=DATASET_SCHEMA)
     log.info("subject_instruct %s funnel\n%s", ds, funnel_table(funnel))
-    log.info("subject_instruct %s coverage and depth report (%s)\n%s", ds, f"{partition.url}/{REPORT_FILE}", subject_report.report_tables(run_report))
+    from infinisynth.subject.selection import format_report
+
+    selection = format_report(run_report["selection"]) if run_report["selection"].get("criteria") else "no selection report"
+    log.info(
+        "subject_instruct %s coverage and depth report (%s)\nseed selection: %s\n\n%s",
+        ds, f"{partition.url}/{REPORT_FILE}", selection, subject_report.report_tables(run_report),
+    )
     return {"partition": partition.url, "rows": dataset.num_rows, "report": f"{partition.url}/{REPORT_FILE}"}
 
 
@@ -475,6 +481,8 @@ def build_report(store: Store, ds: str, dataset: pa.Table, scores: dict[str, tup
         report[scope] = {"rows": len(tag_lists), "tags_per_domain": subject_report.tags_per_domain(tag_lists, tag_domain), "network": network}
         plots[plot_file] = subject_report.degree_plot_png(distribution, network["power_law"], title=f"{scope}: tag co-occurrence degrees ({ds})")
     report["difficulty"] = subject_report.difficulty_summary(scores.values())
+    seeds = store.partition(PIPELINE, SEED_STAGE, ds).manifest()
+    report["selection"] = {**seeds.meta.get("selection", {}), "seeds": seeds.rows, "capped_by_max_seeds": seeds.meta.get("capped_by_max_seeds", 0)}
     return report, plots
 
 
