@@ -167,3 +167,23 @@ def test_dag_shape_and_every_threshold_a_param_with_the_papers_default():
     settings = SubjectSettings().model_dump()
     assert all(settings[name] == value for name, value in defaults.items() if name in settings and value not in ("", None))
     assert {t.task_id for t in dag.tasks if getattr(t, "pool", None) == "llm"} >= {"tag_instructions", "score_losses", "evolve_g1", "generate_responses", "extend_multiturn"}
+
+
+def test_row_tags_join_by_id_and_rows_without_tags_get_empty_lists():
+    import pyarrow as pa
+
+    from infinisynth.pipelines.subject import tags_schema, with_row_tags
+    from infinisynth.subject.tagging import TAGGED_SCHEMA
+
+    tagged = pa.Table.from_pylist(
+        [{"id": i, "parent_ids": [], "origin": "seed", "instruction": "q", "response": "a", "messages": [{"role": "user", "content": "q"}],
+          "source": "s", "source_id": i, "raw_tags": [{"tag": "t", "explanation": ""}]} for i in ("a", "b", "c")],
+        schema=TAGGED_SCHEMA,
+    )
+    row_tags = pa.table({"id": ["c", "a"], "tags": [["t1", "t2"], ["t3"]], "domains": [["d1"], ["d2"]]})
+    joined = with_row_tags(tagged, row_tags)
+    assert joined.schema.equals(tags_schema())
+    assert joined.select(["id", "tags", "domains"]).to_pylist() == [
+        {"id": "a", "tags": ["t3"], "domains": ["d2"]}, {"id": "b", "tags": [], "domains": []}, {"id": "c", "tags": ["t1", "t2"], "domains": ["d1"]},
+    ]
+    assert with_row_tags(tagged, row_tags.slice(0, 0)).column("tags").to_pylist() == [[], [], []]

@@ -30,6 +30,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from infinisynth.llm import LLMClient, RoleConfig
@@ -191,12 +192,7 @@ def normalize_tags(store: Store, ds: str, settings: SubjectSettings) -> list[dic
     )
     normalized = normalize_pool(tagged, previous, normalize, load_embedder(), ds)
     save_vocabulary(store, ds, normalized.vocabulary)
-    row_tags = {r["id"]: r for r in normalized.row_tags.to_pylist()}
-    rows = []
-    for row in tagged.drop_columns([c for c in ("tags", "domains") if c in tagged.column_names]).to_pylist():
-        found = row_tags.get(row["id"], {})
-        rows.append({**row, "tags": found.get("tags") or [], "domains": found.get("domains") or []})
-    table = pa.Table.from_pylist(rows, schema=tags_schema())
+    table = with_row_tags(tagged, normalized.row_tags)
     tag_domain = _tag_domains(normalized.vocabulary)
     meta = {
         "vocabulary_tags": normalized.vocabulary.num_rows,
@@ -207,6 +203,20 @@ def normalize_tags(store: Store, ds: str, settings: SubjectSettings) -> list[dic
     _write_shards(store, ds, TAGS_STAGE, table, settings.shard_size, meta)
     log.info("tag vocabulary: %d entries (%s); %d rows tagged", normalized.vocabulary.num_rows, "grown from an earlier night" if previous is not None else "new", table.num_rows)
     return shards_of(store, ds, TAGS_STAGE)
+
+
+def with_row_tags(tagged: pa.Table, row_tags: pa.Table) -> pa.Table:
+    """``tagged`` with each row's canonical tags and domains (empty lists where it has none).
+
+    Columnar (an index lookup and a take), not a Python loop: a pool holds millions of rows.
+    Arrow's hash join would not do: it cannot carry list columns.
+    """
+    positions = pc.index_in(tagged.column("id"), value_set=row_tags.column("id"))
+    base = tagged.drop_columns([c for c in ("tags", "domains") if c in tagged.column_names])
+    for name in ("tags", "domains"):
+        values = row_tags.column(name).combine_chunks().take(positions)
+        base = base.append_column(name, pc.if_else(pc.is_null(values), pa.scalar([], pa.list_(pa.string())), values))
+    return base.select(tags_schema().names).cast(tags_schema())
 
 
 def tags_schema() -> pa.Schema:
@@ -250,13 +260,16 @@ def select(store: Store, ds: str, settings: SubjectSettings) -> list[dict[str, A
         hard_to_follow_quantile=settings.hard_to_follow_quantile,
     )
     selection = select_seeds(scored, frequency, selection_settings)
-    rows = sorted(selection.selected.to_pylist(), key=lambda r: (-len(r["selection_reasons"] or []), r["id"]))
-    capped = max(0, len(rows) - settings.max_seeds)
-    seeds = [_seed_row(r) for r in rows[: settings.max_seeds] if r.get("selection_reasons")]
+    selected = selection.selected
+    # Most reasons first, then by id: the cap keeps the most informative seeds, reproducibly.
+    ranked = selected.append_column("_reasons", pc.list_value_length(selected.column("selection_reasons")))
+    ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[("_reasons", "descending"), ("id", "ascending")]))
+    capped = max(0, selected.num_rows - settings.max_seeds)
+    seeds = [_seed_row(r) for r in ranked.slice(0, settings.max_seeds).drop_columns(["_reasons"]).to_pylist() if r.get("selection_reasons")]
     table = pa.Table.from_pylist(seeds, schema=SEED_SCHEMA)
-    meta = {"selection": selection.report, "pool_rows": scored.num_rows, "selected": len(rows), "capped_by_max_seeds": capped}
+    meta = {"selection": selection.report, "pool_rows": scored.num_rows, "selected": selected.num_rows, "capped_by_max_seeds": capped}
     _write_shards(store, ds, SEED_STAGE, table, settings.shard_size, meta)
-    log.info("seed selection over %d rows: %d selected, %d kept as seeds (max_seeds %d)\n%s", scored.num_rows, len(rows), len(seeds), settings.max_seeds, format_report(selection.report))
+    log.info("seed selection over %d rows: %d selected, %d kept as seeds (max_seeds %d)\n%s", scored.num_rows, selected.num_rows, len(seeds), settings.max_seeds, format_report(selection.report))
     return shards_of(store, ds, SEED_STAGE)
 
 
