@@ -31,6 +31,19 @@ from tests.support.fixtures import connection_env  # noqa: E402
 from tests.support.servers import scripted_openai  # noqa: E402
 
 DS = "2026-03-01"
+# Every response carries its own code block (named after the prompt's hash), so the lint gate
+# checks as many distinct samples as there are answers.
+ANSWER = """Sort the records, then group them.
+
+```python
+from itertools import groupby
+
+
+def summarize_{prompt_digest}(records):
+    ordered = sorted(records, key=lambda r: r["key"])
+    return {key: sum(r["value"] for r in group) for key, group in groupby(ordered, key=lambda r: r["key"])}
+```
+"""
 
 
 def task_durations(airflow_home: Path) -> dict[str, dict[str, float]]:
@@ -57,6 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch, scripted_openai(args.latency, args.capacity) as server:
         home_dir = Path(scratch) / "airflow"
         home = make_airflow_home(home_dir)
+        server.script([{"match": "Solve the following programming problem", "actions": [{"content": ANSWER}]}])
         root = f"file://{scratch}/data"
         env = {**connection_env(server.base_url, max_concurrency=args.concurrency), "INFINISYNTH_ROOT": root}
         conf = {"max_seeds": args.seeds, "shard_size": args.shard_size, "seed_languages": ["python", "javascript"]}

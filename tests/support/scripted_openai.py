@@ -10,7 +10,8 @@ prints ``LISTENING <port>`` once it serves. Answers:
   rule whose ``match`` occurs in the request's messages (a list: all of them) applies; each distinct prompt walks the
   rule's actions in order and then keeps repeating the last one. An action is an object with any
   of: ``status`` (+ ``retry_after``), ``delay`` (seconds), ``drop`` (close the connection without
-  answering), ``content`` (the message text), ``json`` (message text = that value as JSON),
+  answering), ``content`` (the message text; ``{prompt_digest}`` in it becomes a hash of the
+  prompt), ``json`` (message text = that value as JSON),
   ``body`` (a raw HTTP 200 body, e.g. broken JSON), ``default`` (answer as if no rule matched).
 
 ``POST /v1/completions`` (the legacy API) answers the same way and follows the same rules, matched
@@ -150,7 +151,8 @@ class ScriptedServer:
         if "body" in action:
             return web.Response(text=action["body"], content_type="application/json")
         if "content" in action:
-            content = action["content"]
+            # ``{prompt_digest}`` makes a fixed answer differ per prompt (e.g. distinct code samples).
+            content = action["content"].replace("{prompt_digest}", hashlib.sha1(prompt.encode()).hexdigest()[:10])
         elif "json" in action:
             content = json.dumps(action["json"])
         else:
