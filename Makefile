@@ -65,6 +65,7 @@ bench: setup
 	$(PY) benchmarks/bench_llm_client.py
 	$(PY) benchmarks/bench_code_pipeline.py
 	$(PY) benchmarks/bench_lint_gate.py
+	$(PY) benchmarks/bench_subject_scale.py
 
 # Re-resolve requirements.in into the fully pinned requirements.txt.
 lock: $(VENV)/.installed
