@@ -23,6 +23,11 @@ Data: `{storage_root}/diagnosis/{stage}/ds={date}.iter{NNNN}/`; one row per iter
 
 Register a model with the `register_model` DAG (Params `base_url`, `model`, `conn_id`), or post an
 asset event to `models.registered` through the REST API.
+
+Settings: an asset-triggered run has no conf, so it takes the Param defaults overridden by the
+Airflow Variable `deficiency_diagnosis_settings` (a JSON object keyed by Param name, e.g.
+`{"diagnosis_source": "s3://bucket/diagnosis.parquet", "max_targeted": 100}`); a manual run's conf
+overrides both. The first task resolves them once; every task of the run uses those.
 """
 
 from __future__ import annotations
@@ -112,13 +117,17 @@ register_model()
 def deficiency_diagnosis():
     @task(inlets=[MODELS_REGISTERED])
     def start_iteration(params=None, ds=None, dag_run=None, triggering_asset_events=None, inlet_events=None) -> dict:
+        from airflow.sdk import Variable
+
         from infinisynth.airflow_env import run_store
         from infinisynth.pipelines import diagnosis as p
 
         def plain(event) -> dict:
             return {k: getattr(event, k, None) for k in ("id", "extra", "timestamp", "source_dag_id", "source_run_id")}
 
-        settings = p.DiagnosisSettings(**params)
+        # Settings are resolved once here and travel in `run`: every later task uses the same ones.
+        values = p.run_settings(params, dag_run.conf, Variable.get(p.SETTINGS_VARIABLE, default=None, deserialize_json=True))
+        settings = p.DiagnosisSettings(**values)
         triggering = [plain(e) for e in (triggering_asset_events or {}).get(MODELS_REGISTERED, [])] if triggering_asset_events else []
         latest = None
         if not triggering and not (settings.target_base_url or settings.target_model):
@@ -128,64 +137,65 @@ def deficiency_diagnosis():
                 latest = None
         target, trigger, event = p.resolve_target(settings, triggering, latest)
         date = ds or dag_run.run_after.date().isoformat()  # asset-triggered runs have no logical date
-        return p.start(run_store(params), run_id=dag_run.run_id, date=date, target=target, trigger=trigger, event=event, settings=settings)
+        run = p.start(run_store(values), run_id=dag_run.run_id, date=date, target=target, trigger=trigger, event=event, settings=settings)
+        return {**run, "settings": values}
 
     @task
-    def diagnosis_shards(run: dict, params=None) -> list[dict]:
+    def diagnosis_shards(run: dict) -> list[dict]:
         from infinisynth.airflow_env import run_store
         from infinisynth.pipelines import diagnosis as p
 
-        return p.shards_of(run_store(params), run["partition"], p.SET_STAGE)
+        return p.shards_of(run_store(run["settings"]), run["partition"], p.SET_STAGE)
 
     @task(**MAPPED)
-    def model_stage(stage: str, run: dict, shard: dict, params=None) -> dict:
+    def model_stage(stage: str, run: dict, shard: dict) -> dict:
         from infinisynth.airflow_env import connection_lookup, run_store
         from infinisynth.pipelines import diagnosis as p
 
-        return p.run_model_stage(run_store(params), run, stage, shard, connection_lookup, p.DiagnosisSettings(**params))
+        return p.run_model_stage(run_store(run["settings"]), run, stage, shard, connection_lookup, p.settings_of(run))
 
     @task(**REDUCE)
-    def commit_stage(stage: str, run: dict, results: list[dict], next_stages: list[str], params=None) -> list[dict]:
+    def commit_stage(stage: str, run: dict, results: list[dict], next_stages: list[str]) -> list[dict]:
         from infinisynth.airflow_env import connection_lookup, run_store
         from infinisynth.pipelines import diagnosis as p
 
-        store = run_store(params)
-        p.commit(store, run, stage, list(results), connection_lookup, p.DiagnosisSettings(**params))
+        store = run_store(run["settings"])
+        p.commit(store, run, stage, list(results), connection_lookup, p.settings_of(run))
         return p.shards_of(store, run["partition"], *next_stages)
 
     @task(**REDUCE)
-    def aggregate_deficiencies(run: dict, results: list[dict], params=None) -> list[dict]:
+    def aggregate_deficiencies(run: dict, results: list[dict]) -> list[dict]:
         from infinisynth.airflow_env import connection_lookup, run_store
         from infinisynth.pipelines import diagnosis as p
 
-        store, settings = run_store(params), p.DiagnosisSettings(**params)
+        store, settings = run_store(run["settings"]), p.settings_of(run)
         p.commit(store, run, p.VERDICT_STAGE, list(results), connection_lookup, settings)
         return p.aggregate(store, run, settings)
 
     @task(**REDUCE)
-    def screen_leakage(run: dict, results: list[dict], params=None) -> list[dict]:
+    def screen_leakage(run: dict, results: list[dict]) -> list[dict]:
         from infinisynth.airflow_env import connection_lookup, run_store
         from infinisynth.pipelines import diagnosis as p
 
-        store, settings = run_store(params), p.DiagnosisSettings(**params)
+        store, settings = run_store(run["settings"]), p.settings_of(run)
         p.commit(store, run, p.TARGETED_STAGE, list(results), connection_lookup, settings)
         return p.screen(store, run, settings)
 
     @task(**REDUCE, outlets=[DIAGNOSIS_DATASET])
-    def publish(run: dict, results: list[dict], params=None) -> dict:
+    def publish(run: dict, results: list[dict]) -> dict:
         from infinisynth.airflow_env import connection_lookup, run_store
         from infinisynth.pipelines import diagnosis as p
 
-        store, settings = run_store(params), p.DiagnosisSettings(**params)
+        store, settings = run_store(run["settings"]), p.settings_of(run)
         p.commit_verify(store, run, list(results), connection_lookup, settings)
         return p.publish(store, run, settings)
 
     @task(**GATE)
-    def verify_responses(run: dict, shard: dict, params=None) -> dict:
+    def verify_responses(run: dict, shard: dict) -> dict:
         from infinisynth.airflow_env import connection_lookup, run_store
         from infinisynth.pipelines import diagnosis as p
 
-        return p.run_verify(run_store(params), run, shard, connection_lookup, p.DiagnosisSettings(**params))
+        return p.run_verify(run_store(run["settings"]), run, shard, connection_lookup, p.settings_of(run))
 
     run = start_iteration()
     answers = model_stage.override(task_id="answer_prompts").partial(stage="answer", run=run).expand(shard=diagnosis_shards(run))

@@ -1,11 +1,15 @@
-"""A throwaway Airflow home for tests (its own SQLite DB) and a runner for ``airflow dags test``."""
+"""A throwaway Airflow home for tests (its own SQLite DB), a runner for ``airflow dags test``, and
+a real scheduler stack (api-server, dag-processor, scheduler) running in the background."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,3 +51,67 @@ def make_airflow_home(directory: Path) -> AirflowHome:
         if result.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     return home
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scheduler_env(home: AirflowHome, port: int) -> dict[str, str]:
+    """What a real scheduler stack on SQLite needs: LocalExecutor, one shared JWT secret, the
+    execution API at the api server on loopback, and short loop intervals so a test waits less."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-jwt-secret-" + str(port),
+        "AIRFLOW__API__SECRET_KEY": "test-only-secret-key",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "60",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+    }
+
+
+@contextmanager
+def running_scheduler(home: AirflowHome, extra_env: dict[str, str], log_dir: Path, timeout: float = 120) -> Iterator[dict[str, str]]:
+    """``airflow api-server``, ``dag-processor`` and ``scheduler`` as background processes (each
+    its own process group, killed with its children on exit, whatever happens); yields the env."""
+    from tests.support.servers import wait_for_http
+
+    port = free_port()
+    env = {**home.env, **scheduler_env(home, port), **extra_env}
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for component in ("api-server", "dag-processor", "scheduler"):
+            log = (log_dir / f"{component}.log").open("wb")
+            processes.append(subprocess.Popen([AIRFLOW, component], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            log.close()
+        wait_for_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=timeout)
+        yield env
+    finally:
+        for process in processes:
+            _kill_group(process, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(process, signal.SIGKILL)  # the group: task processes the executor forked
+            process.wait(timeout=10)
+
+
+def _kill_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass

@@ -121,6 +121,42 @@ class DiagnosisSettings(BaseModel):
         return {"model": {"oracle": self.oracle_model, "generator": self.generator_model, "judge": self.judge_model}.get(role) or None}
 
 
+# -- a run's settings --------------------------------------------------------------------------
+
+# An asset-triggered run has no conf: it gets the DAG's Param defaults, overridden by this Airflow
+# Variable (a JSON object keyed by Param name), overridden in turn by a run's own conf.
+SETTINGS_VARIABLE = "deficiency_diagnosis_settings"
+# Which model to diagnose is per run (the event, or a manual run's conf), never a standing setting.
+PER_RUN_SETTINGS = ("target_base_url", "target_model")
+
+
+def run_settings(params: dict[str, Any], conf: dict[str, Any] | None, standing: Any) -> dict[str, Any]:
+    """The settings this run uses: Param defaults < the settings Variable < the run's conf.
+
+    ``params`` is Airflow's (defaults already merged with the conf), ``conf`` the run's own conf,
+    ``standing`` the Variable's value (None when unset). Checked as the Params would be.
+    """
+    if standing is None:
+        standing = {}
+    if not isinstance(standing, dict):
+        raise ValueError(f"Variable {SETTINGS_VARIABLE} must hold a JSON object keyed by Param name, not {type(standing).__name__}")
+    unknown = sorted(set(standing) - set(params))
+    if unknown:
+        raise ValueError(f"Variable {SETTINGS_VARIABLE} names unknown setting(s) {unknown}; the settings are the DAG's Params: {sorted(params)}")
+    per_run = sorted(set(standing) & set(PER_RUN_SETTINGS))
+    if per_run:
+        raise ValueError(f"Variable {SETTINGS_VARIABLE} sets {per_run}: the model to diagnose comes from its registration event or a run's conf")
+    merged = {**params, **standing, **(conf or {})}
+    DiagnosisSettings(**merged)  # the same checks as the Params' (types, ranges), before any work
+    return merged
+
+
+def settings_of(run: dict[str, Any]) -> DiagnosisSettings:
+    """The settings ``start`` resolved for this run (carried in ``run``, so a retried task or a
+    changed Variable never mixes two sets of settings in one iteration)."""
+    return DiagnosisSettings(**run["settings"])
+
+
 # -- the target model ---------------------------------------------------------------------------
 
 
