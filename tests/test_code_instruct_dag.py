@@ -142,6 +142,8 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
     assert meta["complexity_by_origin"]["seed"]["problems"] == 2
     seed_scored = table("seed_quality")
     assert {r["parent_ids"][0] for r in seed_scored} == {s["id"] for s in seeds if s["seed_problem"]}
+    seed_usage = store.partition("code_instruct", "seed_quality", ds).manifest().meta["funnel"]["usage"]
+    assert seed_usage["judge/seed_quality"]["requests"] >= 2 * 3  # its own line in the funnel
     assert meta["sft"]["learning_rate"] == 2e-5
     assert "complexity by origin" in output and "funnel" in output
     for entry in meta["funnel"][1:]:  # the invariant, stage by stage

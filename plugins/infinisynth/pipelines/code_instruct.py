@@ -181,7 +181,7 @@ def _stage_factory(stage: str, settings: CodeInstructSettings) -> Callable[[LLMC
         return lambda client: BackfeedConstruction(client, prompt, checks)
     if stage in (QUALITY_STAGE, SEED_QUALITY_STAGE):
         quality = QualitySettings(samples=settings.quality_samples, threshold=settings.quality_threshold)
-        return lambda client: QualityAssessment(client, prompt, quality)
+        return lambda client: QualityAssessment(client, prompt, quality, name=stage)
     if stage == RESPOND_STAGE:
         return lambda client: ResponseGeneration(client, prompt)
     raise ValueError(f"{stage!r} is not a model-calling stage of {PIPELINE}")

@@ -69,10 +69,11 @@ class QualityAssessment:
     name = "quality"
     schema = SCORED_SCHEMA
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: QualitySettings = QualitySettings()):
+    def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: QualitySettings = QualitySettings(), name: str = "quality"):
         self.client = client
         self.prompt = prompt
         self.settings = settings
+        self.name = name  # the same judge scores other stages' problems too (e.g. seed_quality)
 
     def cache_key(self, row: dict[str, Any]) -> str:
         config = self.client.config
