@@ -15,9 +15,8 @@ export AIRFLOW_HOME := $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: setup demo test model-server lint-service bench lock clean
+.PHONY: setup demo test check model-server lint-service bench lock clean
 
 ESLINT_STAMP := tools/eslint/node_modules/.installed
 
@@ -25,7 +24,7 @@ setup: $(VENV)/.installed $(AIRFLOW_HOME)/.initialized $(ESLINT_STAMP)
 
 # System packages first (only what is missing), then the pinned Python environment. torch comes
 # first from the machine's CPU wheel so nothing pulls the CUDA build.
-$(VENV)/.installed: requirements.txt scripts/system-deps.sh
+$(VENV)/.installed: requirements.txt pyproject.toml scripts/system-deps.sh
 	bash scripts/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
@@ -33,6 +32,7 @@ $(VENV)/.installed: requirements.txt scripts/system-deps.sh
 	ls $(WHEELHOUSE)/llama_cpp_python-0.3.36-*.whl > /dev/null 2>&1 || \
 	  $(PY) -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) $(LLAMA_CPP)
 	$(VENV)/bin/uv pip sync --quiet --python $(PY) --find-links /opt/wheels --find-links $(WHEELHOUSE) requirements.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
 	touch $@
 
 # ESLint and its parsers for the lint gate, exactly as package-lock.json pins them (npm comes from
@@ -51,8 +51,14 @@ $(AIRFLOW_HOME)/.initialized: $(VENV)/.installed
 demo: setup
 	$(PY) -m infinisynth.demo
 
-test: setup
+# Code checks first (seconds), then every test.
+test: setup check
 	$(PY) -m pytest
+
+check: setup
+	$(VENV)/bin/ruff check src dags tests benchmarks
+	$(VENV)/bin/ruff format --check src dags tests benchmarks
+	$(VENV)/bin/mypy
 
 model-server: setup
 	$(PY) -m infinisynth.model_server

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
+sys.path.insert(0, str(ROOT))  # tests.support; the library itself is installed
 
 from infinisynth.settings import store_for  # noqa: E402
 from tests.support.airflow import make_airflow_home  # noqa: E402
@@ -49,9 +49,7 @@ def summarize_{prompt_digest}(records):
 def task_durations(airflow_home: Path) -> dict[str, dict[str, float]]:
     """Per task id: how many task instances, their summed and longest duration (seconds)."""
     with sqlite3.connect(airflow_home / "airflow.db") as db:
-        rows = db.execute(
-            "SELECT task_id, duration FROM task_instance WHERE dag_id = 'code_instruct' AND duration IS NOT NULL"
-        ).fetchall()
+        rows = db.execute("SELECT task_id, duration FROM task_instance WHERE dag_id = 'code_instruct' AND duration IS NOT NULL").fetchall()
     by_task: dict[str, list[float]] = defaultdict(list)
     for task_id, duration in rows:
         by_task[task_id].append(float(duration))

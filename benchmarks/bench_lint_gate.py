@@ -26,14 +26,15 @@ import random
 import resource
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 from infinisynth.verify import sandbox  # noqa: E402
 from infinisynth.verify.gate import GateSettings, LocalGate  # noqa: E402
-from infinisynth.verify.linters import ESLint, Linter, Pylint  # noqa: E402
-from infinisynth.verify.linters import Batch  # noqa: E402
+from infinisynth.verify.linters import (  # noqa: E402
+    Batch,  # noqa: E402
+    ESLint,
+    Linter,
+    Pylint,
+)
 from infinisynth.verify.model import LintItem  # noqa: E402
 
 MIN_RATIO = 50.0
@@ -47,7 +48,7 @@ def python_sample(rng: random.Random, n: int) -> str:
     name, arg = f"process_{n}", rng.choice(NAMES)
     kind = rng.randrange(6)
     if kind == 0:
-        code = f"import math\n\n\ndef {name}({arg}):\n    \"\"\"Root mean square.\"\"\"\n    if not {arg}:\n        return 0.0\n    return math.sqrt(sum(x * x for x in {arg}) / len({arg}))\n"
+        code = f'import math\n\n\ndef {name}({arg}):\n    """Root mean square."""\n    if not {arg}:\n        return 0.0\n    return math.sqrt(sum(x * x for x in {arg}) / len({arg}))\n'
     elif kind == 1:
         code = (
             f"from collections import Counter, defaultdict\n\n\ndef {name}({arg}):\n    counts = Counter({arg})\n"
@@ -114,12 +115,24 @@ def javascript_sample(rng: random.Random, n: int) -> str:
 
 
 OTHER_SAMPLES = {
-    "typescript": lambda n, bad: f"export function f{n}(xs: number[]): number {{\n  return xs.reduce((a, b) => a + b, {'missing' if bad else 0});\n}}\n",
-    "java": lambda n, bad: f"import java.util.*;\n\nclass Sum{n} {{\n  static int sum(List<Integer> xs) {{\n    int total = 0;\n    for (int x : xs) total += x;\n    return {'totl' if bad else 'total'};\n  }}\n}}\n",
-    "c": lambda n, bad: f"#include <stdio.h>\n\nint sum{n}(const int *xs, int n) {{\n  int total = 0;\n  for (int i = 0; i < n; i++) total += xs[i];\n  return {'totl' if bad else 'total'};\n}}\n",
-    "cpp": lambda n, bad: f"#include <vector>\n#include <numeric>\n\nint sum{n}(const std::vector<int>& xs) {{\n  return std::accumulate(xs.begin(), xs.end(), {'zero' if bad else '0'});\n}}\n",
-    "sql": lambda n, bad: f"SELECT customer_id, SUM(amount) AS total_{n}\nFROM orders\nWHERE amount > {n}{' AND' if bad else ''}\nGROUP BY customer_id\nHAVING SUM(amount) > 100;\n",
-    "go": lambda n, bad: f"package main\n\nimport \"fmt\"\n\nfunc sum{n}(xs []int) int {{\n\ttotal := 0\n\tfor _, x := range xs {{\n\t\ttotal += x\n\t}}\n\treturn total\n}}\n\nfunc main() {{ fmt.Println(sum{n}([]int{{1, 2}}){'' if bad else ')'} }}\n",
+    "typescript": lambda n, bad: (
+        f"export function f{n}(xs: number[]): number {{\n  return xs.reduce((a, b) => a + b, {'missing' if bad else 0});\n}}\n"
+    ),
+    "java": lambda n, bad: (
+        f"import java.util.*;\n\nclass Sum{n} {{\n  static int sum(List<Integer> xs) {{\n    int total = 0;\n    for (int x : xs) total += x;\n    return {'totl' if bad else 'total'};\n  }}\n}}\n"
+    ),
+    "c": lambda n, bad: (
+        f"#include <stdio.h>\n\nint sum{n}(const int *xs, int n) {{\n  int total = 0;\n  for (int i = 0; i < n; i++) total += xs[i];\n  return {'totl' if bad else 'total'};\n}}\n"
+    ),
+    "cpp": lambda n, bad: (
+        f"#include <vector>\n#include <numeric>\n\nint sum{n}(const std::vector<int>& xs) {{\n  return std::accumulate(xs.begin(), xs.end(), {'zero' if bad else '0'});\n}}\n"
+    ),
+    "sql": lambda n, bad: (
+        f"SELECT customer_id, SUM(amount) AS total_{n}\nFROM orders\nWHERE amount > {n}{' AND' if bad else ''}\nGROUP BY customer_id\nHAVING SUM(amount) > 100;\n"
+    ),
+    "go": lambda n, bad: (
+        f'package main\n\nimport "fmt"\n\nfunc sum{n}(xs []int) int {{\n\ttotal := 0\n\tfor _, x := range xs {{\n\t\ttotal += x\n\t}}\n\treturn total\n}}\n\nfunc main() {{ fmt.Println(sum{n}([]int{{1, 2}}){"" if bad else ")"} }}\n'
+    ),
 }
 
 
@@ -217,7 +230,15 @@ async def other_languages(per_language: int, workers: int, rng: random.Random) -
         items = [LintItem(f"{language}-{n}", language, make(n, rng.random() < 0.12)) for n in range(per_language)]
         gate = LocalGate(GateSettings(workers=workers))
         seconds, verdicts = await through_gate(gate, items)
-        rows.append({"language": language, "samples": len(items), "failed": sum(not v[0] for v in verdicts.values()), "seconds": round(seconds, 2), "samples_per_s": round(len(items) / seconds, 1)})
+        rows.append(
+            {
+                "language": language,
+                "samples": len(items),
+                "failed": sum(not v[0] for v in verdicts.values()),
+                "seconds": round(seconds, 2),
+                "samples_per_s": round(len(items) / seconds, 1),
+            }
+        )
         print(f"{language}: {len(items)} samples in {seconds:.1f} s = {len(items) / seconds:.0f}/s ({rows[-1]['failed']} fail)", flush=True)
     return rows
 
@@ -241,8 +262,20 @@ async def main() -> int:
     ]
     languages = await other_languages(args.per_language, workers, rng)
     languages = [
-        {"language": "python", "samples": reports[0]["samples"], "failed": reports[0]["broken"], "seconds": reports[0]["gate_seconds"], "samples_per_s": reports[0]["gate_samples_per_s"]},
-        {"language": "javascript", "samples": reports[1]["samples"], "failed": reports[1]["broken"], "seconds": reports[1]["gate_seconds"], "samples_per_s": reports[1]["gate_samples_per_s"]},
+        {
+            "language": "python",
+            "samples": reports[0]["samples"],
+            "failed": reports[0]["broken"],
+            "seconds": reports[0]["gate_seconds"],
+            "samples_per_s": reports[0]["gate_samples_per_s"],
+        },
+        {
+            "language": "javascript",
+            "samples": reports[1]["samples"],
+            "failed": reports[1]["broken"],
+            "seconds": reports[1]["gate_seconds"],
+            "samples_per_s": reports[1]["gate_samples_per_s"],
+        },
         *languages,
     ]
     print(json.dumps({"comparisons": reports, "languages": languages}, indent=2))

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
+sys.path.insert(0, str(ROOT))  # tests.support; the library itself is installed
 
 from infinisynth.llm import LLMClient, RoleConfig, UsageMeter  # noqa: E402
 from tests.support.servers import scripted_openai  # noqa: E402

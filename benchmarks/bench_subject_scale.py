@@ -20,18 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import psutil
 import pyarrow as pa
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 from infinisynth.subject.selection import SelectionSettings, format_report, select_seeds  # noqa: E402
 from infinisynth.subject.tagging import RAW_TAG_TYPE  # noqa: E402
@@ -103,7 +100,9 @@ def synthetic_tags(n: int, seed: int = 0) -> list[str]:
 
     rng = np.random.default_rng(seed)
     lexicon = Lemmatizer()._getLemmaDict()
-    nouns = sorted(w for w, pos in lexicon.items() if "NOUN" in pos and w.isalpha() and w.islower() and 4 <= len(w) <= 11 and pos["NOUN"][0] == w)
+    nouns = sorted(
+        w for w, pos in lexicon.items() if "NOUN" in pos and w.isalpha() and w.islower() and 4 <= len(w) <= 11 and pos["NOUN"][0] == w
+    )
     stems = list(rng.choice(nouns, size=min(4_000, len(nouns)), replace=False))
     heads = list(HEADS)
     out: list[str] = []
@@ -185,11 +184,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--selection-rows", type=int, default=1_000_000)
     args = parser.parse_args(argv)
     memory = PeakMemory()
-    results: dict[str, Any] = {"tags": args.tags, "pool_rows": args.pool_rows, "selection_rows": args.selection_rows, "cpus": os.cpu_count()}
+    results: dict[str, Any] = {
+        "tags": args.tags,
+        "pool_rows": args.pool_rows,
+        "selection_rows": args.selection_rows,
+        "cpus": os.cpu_count(),
+    }
 
     tags = synthetic_tags(args.tags)
     pool = tagged_pool(tags, args.pool_rows)
-    print(f"{len(tags)} distinct raw tags, e.g. {tags[:3]} ... {tags[-3:]}; {pool.num_rows} rows, {pool.column('raw_tags').combine_chunks().values.__len__()} mentions")
+    print(
+        f"{len(tags)} distinct raw tags, e.g. {tags[:3]} ... {tags[-3:]}; {pool.num_rows} rows, {pool.column('raw_tags').combine_chunks().values.__len__()} mentions"
+    )
 
     embed = load_embedder()
     embed(["warm up"])

@@ -34,7 +34,11 @@ from airflow.sdk import Asset, Param, dag, task
 DATASET = Asset(name="code_instruct.dataset", uri="infinisynth://code_instruct/dataset")
 KNOWLEDGE_GRAPH = Asset(name="code_instruct.knowledge_graph", uri="infinisynth://code_instruct/kg_nodes")
 
-MAPPED = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"}
+MAPPED = {
+    "pool": "llm",
+    "max_active_tis_per_dagrun": 4,
+    "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}",
+}
 # The gate calls no model, so it stays out of the `llm` pool; two shards at once keep linter
 # processes (each gate uses every core it has) from crowding a worker.
 GATE = {"max_active_tis_per_dagrun": 2, "map_index_template": "verify shard {{ task.op_kwargs['shard']['shard'] }}"}
@@ -51,8 +55,14 @@ REDUCE = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still 
     tags=["infinite-instruct", "code"],
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     params={
-        "seed_source": Param("mine", type="string", description="'mine' to mine snippets from seed_roots, or a Magicoder-OSS-Instruct-shaped Parquet/JSONL path"),
-        "seed_roots": Param([], type="array", description="Source trees to mine; empty = the Python standard library and global npm modules"),
+        "seed_source": Param(
+            "mine",
+            type="string",
+            description="'mine' to mine snippets from seed_roots, or a Magicoder-OSS-Instruct-shaped Parquet/JSONL path",
+        ),
+        "seed_roots": Param(
+            [], type="array", description="Source trees to mine; empty = the Python standard library and global npm modules"
+        ),
         "seed_languages": Param([], type="array", description="Languages to keep (python, javascript, java, cpp, sql, ...); empty = all"),
         "max_seeds": Param(200, type="integer", minimum=1),
         "shard_size": Param(50, type="integer", minimum=1, description="Rows per mapped task"),
@@ -63,18 +73,30 @@ REDUCE = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still 
         "reuse_graph": Param(True, type="boolean", description="Grow the knowledge graph from the latest earlier night's"),
         "sampling_seed": Param(0, type="integer", description="Random seed for keyword-combination sampling"),
         "quality_samples": Param(3, type="integer", minimum=1, description="Independent judge assessments averaged"),
-        "quality_threshold": Param(6.0, type="number", minimum=1, maximum=10, description="Keep problems whose mean score is at least this"),
+        "quality_threshold": Param(
+            6.0, type="number", minimum=1, maximum=10, description="Keep problems whose mean score is at least this"
+        ),
         "min_problem_chars": Param(40, type="integer", minimum=1),
         "generator_model": Param("", type="string", description="Override the generator connection's model"),
         "generator_temperature": Param(None, type=["null", "number"], minimum=0, maximum=2),
         "generator_max_tokens": Param(None, type=["null", "integer"], minimum=1),
         "judge_model": Param("", type="string", description="Override the judge connection's model"),
         "judge_temperature": Param(None, type=["null", "number"], minimum=0, maximum=2),
-        "lint_gate": Param(True, type="boolean", description="Discard pairs whose code has an error-level lint finding (off: publish unchecked)"),
+        "lint_gate": Param(
+            True, type="boolean", description="Discard pairs whose code has an error-level lint finding (off: publish unchecked)"
+        ),
         "lint_max_code_bytes": Param(262144, type="integer", minimum=1, description="Larger code blocks fail the gate unread"),
         "lint_timeout_scale": Param(1.0, type="number", exclusiveMinimum=0, description="Multiplies every linter's time budget"),
-        "score_seed_problems": Param(True, type="boolean", description="Judge the seeds' own problems (Magicoder files) for the complexity-by-origin report"),
-        "holdout_fraction": Param(0.05, type="number", minimum=0, exclusiveMaximum=1, description="Share of published pairs held out (by prompt hash) as the deficiency-diagnosis exam; never in the dataset"),
+        "score_seed_problems": Param(
+            True, type="boolean", description="Judge the seeds' own problems (Magicoder files) for the complexity-by-origin report"
+        ),
+        "holdout_fraction": Param(
+            0.05,
+            type="number",
+            minimum=0,
+            exclusiveMaximum=1,
+            description="Share of published pairs held out (by prompt hash) as the deficiency-diagnosis exam; never in the dataset",
+        ),
         "storage_root": Param("", type="string", description="Object-storage URL; empty = INFINISYNTH_ROOT or data/ in the project"),
     },
 )

@@ -40,10 +40,17 @@ from airflow.sdk import Asset, Param, dag, task
 MODELS_REGISTERED = Asset(name="models.registered", uri="infinisynth://models/registered")
 DIAGNOSIS_DATASET = Asset(name="diagnosis.dataset", uri="infinisynth://diagnosis/dataset")
 
-MAPPED = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"}
+MAPPED = {
+    "pool": "llm",
+    "max_active_tis_per_dagrun": 4,
+    "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}",
+}
 REDUCE = {"trigger_rule": "none_failed"}
 # The static gate runs linters, not model calls: outside the llm pool, a few shards at a time.
-GATE = {"max_active_tis_per_dagrun": 2, "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"}  # an empty upstream (no shards) still commits
+GATE = {
+    "max_active_tis_per_dagrun": 2,
+    "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}",
+}  # an empty upstream (no shards) still commits
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 
@@ -86,21 +93,47 @@ register_model()
     tags=["infinity-instruct-subject", "diagnosis"],
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     params={
-        "target_base_url": Param("", type="string", description="Manual runs: the model's OpenAI-compatible base URL (else the asset event's)"),
+        "target_base_url": Param(
+            "", type="string", description="Manual runs: the model's OpenAI-compatible base URL (else the asset event's)"
+        ),
         "target_model": Param("", type="string", description="Manual runs: the model id"),
-        "target_conn_id": Param("", type="string", description="Connection with the target's API key; empty = the event's conn_id, else llm_target, else none"),
+        "target_conn_id": Param(
+            "", type="string", description="Connection with the target's API key; empty = the event's conn_id, else llm_target, else none"
+        ),
         "target_max_tokens": Param(None, type=["null", "integer"], minimum=1),
         "target_temperature": Param(0.0, type="number", minimum=0, maximum=2),
-        "diagnosis_source": Param("holdout", type="string", description="'holdout' (code_instruct's held-out slice) or a Parquet/JSONL path with prompt and reference"),
+        "diagnosis_source": Param(
+            "holdout",
+            type="string",
+            description="'holdout' (code_instruct's held-out slice) or a Parquet/JSONL path with prompt and reference",
+        ),
         "holdout_pipeline": Param("code_instruct", type="string"),
         "max_diagnosis_rows": Param(200, type="integer", minimum=1),
         "shard_size": Param(50, type="integer", minimum=1, description="Rows per mapped task"),
-        "benchmarks": Param(["humaneval"], type="array", description="Evaluation benchmarks a diagnosis set or a targeted row must not overlap"),
-        "merge_similarity": Param(0.91, type="number", minimum=0, maximum=1, description="Merge deficiency labels this similar (paper's lambda); 1 = exact labels only"),
+        "benchmarks": Param(
+            ["humaneval"], type="array", description="Evaluation benchmarks a diagnosis set or a targeted row must not overlap"
+        ),
+        "merge_similarity": Param(
+            0.91,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Merge deficiency labels this similar (paper's lambda); 1 = exact labels only",
+        ),
         "top_groups": Param(5, type="integer", minimum=1, description="Deficiency groups targeted per iteration"),
-        "max_targeted": Param(50, type="integer", minimum=0, description="Cap on targeted instructions per iteration, split by group weight"),
-        "leakage_max_cosine": Param(0.80, type="number", minimum=0, maximum=1, description="Reject targeted rows with MiniLM cosine >= this to a diagnosis prompt"),
-        "leakage_max_ngram_overlap": Param(0.50, type="number", minimum=0, maximum=1, description="Reject targeted rows sharing this share of word n-grams with a diagnosis prompt"),
+        "max_targeted": Param(
+            50, type="integer", minimum=0, description="Cap on targeted instructions per iteration, split by group weight"
+        ),
+        "leakage_max_cosine": Param(
+            0.80, type="number", minimum=0, maximum=1, description="Reject targeted rows with MiniLM cosine >= this to a diagnosis prompt"
+        ),
+        "leakage_max_ngram_overlap": Param(
+            0.50,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Reject targeted rows sharing this share of word n-grams with a diagnosis prompt",
+        ),
         "leakage_ngram": Param(5, type="integer", minimum=1, maximum=20),
         "quality_samples": Param(3, type="integer", minimum=1),
         "quality_threshold": Param(6.0, type="number", minimum=1, maximum=10),
@@ -108,7 +141,9 @@ register_model()
         "oracle_model": Param("", type="string", description="Override the oracle connection's model"),
         "generator_model": Param("", type="string"),
         "judge_model": Param("", type="string"),
-        "lint_gate": Param(True, type="boolean", description="Discard pairs whose code has an error-level lint finding (the code pipeline's static gate)"),
+        "lint_gate": Param(
+            True, type="boolean", description="Discard pairs whose code has an error-level lint finding (the code pipeline's static gate)"
+        ),
         "lint_max_code_bytes": Param(262144, type="integer", minimum=1),
         "lint_timeout_scale": Param(1.0, type="number", exclusiveMinimum=0),
         "storage_root": Param("", type="string", description="Object-storage URL; empty = INFINISYNTH_ROOT or data/ in the project"),

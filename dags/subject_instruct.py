@@ -38,7 +38,11 @@ SEEDS = Asset(name="subject_instruct.seeds", uri="infinisynth://subject_instruct
 
 MAX_GENERATIONS = 4  # wired generation steps; the `generations` Param decides how many run
 
-MAPPED = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"}
+MAPPED = {
+    "pool": "llm",
+    "max_active_tis_per_dagrun": 4,
+    "map_index_template": "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}",
+}
 REDUCE = {"trigger_rule": "none_failed"}  # an empty or skipped upstream (no shards) still runs
 
 
@@ -52,21 +56,53 @@ REDUCE = {"trigger_rule": "none_failed"}  # an empty or skipped upstream (no sha
     tags=["infinity-instruct-subject", "general"],
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     params={
-        "pool_source": Param("code_instruct", type="string", description="'code_instruct' (that pipeline's latest dataset at or before the date) or a Parquet/JSONL path/URL with messages or instruction/response columns"),
+        "pool_source": Param(
+            "code_instruct",
+            type="string",
+            description="'code_instruct' (that pipeline's latest dataset at or before the date) or a Parquet/JSONL path/URL with messages or instruction/response columns",
+        ),
         "max_pool_rows": Param(0, type="integer", minimum=0, description="Cap on pool rows; 0 = the whole pool"),
         "shard_size": Param(200, type="integer", minimum=1, description="Rows per mapped task"),
-        "merge_similarity": Param(0.91, type="number", exclusiveMinimum=0, maximum=1, description="Merge tags whose embedding cosine similarity is at least this (paper: lambda 0.91)"),
+        "merge_similarity": Param(
+            0.91,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Merge tags whose embedding cosine similarity is at least this (paper: lambda 0.91)",
+        ),
         "cluster_eps": Param(0.47, type="number", exclusiveMinimum=0, description="Tag clustering radius (paper: eps 0.47)"),
         "noise_floor": Param(100, type="integer", minimum=1, description="Drop tags rarer than this over the pool (paper: 100)"),
         "domains": Param(25, type="integer", minimum=1, description="Domain categories tags are mapped to (paper: 25)"),
-        "long_tail_frequency": Param(200, type="integer", minimum=1, description="Long-tail seed: carries a tag rarer than this (paper: 200)"),
+        "long_tail_frequency": Param(
+            200, type="integer", minimum=1, description="Long-tail seed: carries a tag rarer than this (paper: 200)"
+        ),
         "multi_skill_tags": Param(4, type="integer", minimum=0, description="Multi-skill seed: more tags than this (paper: 4)"),
-        "loss_z": Param(1.96, type="number", minimum=0, description="Undertrained seed: base loss above mean + this many std (paper: 1.96)"),
-        "hard_to_follow_quantile": Param(0.1, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Hard-to-follow seed: loss reduction in this lowest share of the pool"),
+        "loss_z": Param(
+            1.96, type="number", minimum=0, description="Undertrained seed: base loss above mean + this many std (paper: 1.96)"
+        ),
+        "hard_to_follow_quantile": Param(
+            0.1,
+            type="number",
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+            description="Hard-to-follow seed: loss reduction in this lowest share of the pool",
+        ),
         "max_seeds": Param(1000, type="integer", minimum=1, description="Seeds evolved per night (most selection reasons first)"),
-        "generations": Param(3, type="integer", minimum=1, maximum=MAX_GENERATIONS, description="Evolution generations, each over the previous one's survivors"),
-        "copy_ngram_words": Param(6, type="integer", minimum=2, description="Oracle: a run of this many words copied from the evolution prompt rejects a rewrite"),
-        "oracle_verdict": Param(True, type="boolean", description="Ask the oracle whether each rewrite adds information and is answerable; off = the deterministic checks only (tiny demo models)"),
+        "generations": Param(
+            3,
+            type="integer",
+            minimum=1,
+            maximum=MAX_GENERATIONS,
+            description="Evolution generations, each over the previous one's survivors",
+        ),
+        "copy_ngram_words": Param(
+            6, type="integer", minimum=2, description="Oracle: a run of this many words copied from the evolution prompt rejects a rewrite"
+        ),
+        "oracle_verdict": Param(
+            True,
+            type="boolean",
+            description="Ask the oracle whether each rewrite adds information and is answerable; off = the deterministic checks only (tiny demo models)",
+        ),
         "min_followups": Param(1, type="integer", minimum=1, maximum=4, description="Multi-turn: fewest follow-up rounds (paper: 1)"),
         "max_followups": Param(4, type="integer", minimum=1, maximum=4, description="Multi-turn: most follow-up rounds (paper: 4)"),
         "difficulty_samples": Param(1, type="integer", minimum=1, description="Judge ratings averaged per difficulty score"),
@@ -160,7 +196,9 @@ def subject_instruct():
     seeds = select_seeds(losses)
 
     seed_scores = model_stage.override(task_id="score_seed_difficulty").partial(stage="difficulty_seeds").expand(shard=seeds)
-    seed_scores_done = commit_stage.override(task_id="commit_seed_difficulty")(stage="difficulty_seeds", results=seed_scores, next_stages=[])
+    seed_scores_done = commit_stage.override(task_id="commit_seed_difficulty")(
+        stage="difficulty_seeds", results=seed_scores, next_stages=[]
+    )
 
     parents = seeds
     for generation in range(1, MAX_GENERATIONS + 1):

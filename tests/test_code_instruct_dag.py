@@ -14,10 +14,13 @@ from tests.support.servers import scripted_openai
 pytestmark = pytest.mark.slow
 
 SEEDS = [
-    {"lang": "python", "seed": f"def add_{i}(a, b):\n    total = a + b  # step {i}\n    return total\n", "index": i}
-    for i in range(6)
+    {"lang": "python", "seed": f"def add_{i}(a, b):\n    total = a + b  # step {i}\n    return total\n", "index": i} for i in range(6)
 ] + [
-    {"lang": "javascript", "seed": "function LEAKY_marker(list) {\n  return list.filter((item) => item.enabled && item.visible);\n}\n", "index": 6},
+    {
+        "lang": "javascript",
+        "seed": "function LEAKY_marker(list) {\n  return list.filter((item) => item.enabled && item.visible);\n}\n",
+        "index": 6,
+    },
     {"lang": "python", "seed": "def BROKEN_marker(x):\n    return x * 2\n", "index": 7},
 ]
 # Magicoder-shaped seeds bring their own problems: the judge scores those too (the seed baseline).
@@ -48,7 +51,18 @@ GOOD_ANSWERS = [
 BAD_CODE = "BADCODE_MARK: write a function that returns the sum of a list of integers, handling empty lists."
 NO_CODE = "NOCODE_MARK: write a function that returns the largest value in a list of integers, or None."
 LOW_QUALITY = "LOWQ_MARK: write a function that adds two numbers and returns the total value."
-LOW_SCORES = {d: 2 for d in ("specificity", "domain_knowledge", "complexity", "problem_solving", "creativity", "technical_accuracy", "practical_application")}
+LOW_SCORES = {
+    d: 2
+    for d in (
+        "specificity",
+        "domain_knowledge",
+        "complexity",
+        "problem_solving",
+        "creativity",
+        "technical_accuracy",
+        "practical_application",
+    )
+}
 
 
 def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airflow_home, server, tmp_path):
@@ -56,17 +70,27 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
     server.script(
         [
             # The model copies the snippet into the "problem": a leak, rejected with that reason.
-            {"match": "LEAKY_marker", "actions": [{"json": {"problem": "Solve this: " + SEEDS[6]["seed"] + " and explain what it does in detail."}}]},
+            {
+                "match": "LEAKY_marker",
+                "actions": [{"json": {"problem": "Solve this: " + SEEDS[6]["seed"] + " and explain what it does in detail."}}],
+            },
             # The model never produces valid JSON: rejected after the bounded re-asks.
             {"match": "BROKEN_marker", "actions": [{"content": "{this is not json"}]},
             # One problem the judge scores low: rejected by the quality gate with its scores.
             {"match": "def add_0(", "actions": [{"json": {"problem": LOW_QUALITY}}]},
-            {"match": ["LOWQ_MARK", "Score the problem"], "name": "judge-low", "actions": [{"json": {**LOW_SCORES, "rationale": "trivial"}}]},
+            {
+                "match": ["LOWQ_MARK", "Score the problem"],
+                "name": "judge-low",
+                "actions": [{"json": {**LOW_SCORES, "rationale": "trivial"}}],
+            },
             # Two answers the static gate must reject: an undefined name, and no code at all.
             {"match": "def add_1(", "actions": [{"json": {"problem": BAD_CODE}}]},
             {"match": "def add_2(", "actions": [{"json": {"problem": NO_CODE}}]},
             {"match": ["BADCODE_MARK", "Solve the following programming problem"], "actions": [{"content": BROKEN_PYTHON}]},
-            {"match": ["NOCODE_MARK", "Solve the following programming problem"], "actions": [{"content": "Just loop and keep the largest."}]},
+            {
+                "match": ["NOCODE_MARK", "Solve the following programming problem"],
+                "actions": [{"content": "Just loop and keep the largest."}],
+            },
             *GOOD_ANSWERS,
         ]
     )
@@ -176,7 +200,14 @@ def test_run_writes_to_s3_through_an_airflow_connection(airflow_home, server, tm
             "INFINISYNTH_ROOT": "",
         }
         root = f"s3://{s3.bucket}/nightly"
-        conf = {"seed_source": str(write_seed_file(tmp_path)), "max_seeds": 4, "shard_size": 2, "storage_root": root, "backfeed_ratio": 0, "holdout_fraction": 0}
+        conf = {
+            "seed_source": str(write_seed_file(tmp_path)),
+            "max_seeds": 4,
+            "shard_size": 2,
+            "storage_root": root,
+            "backfeed_ratio": 0,
+            "holdout_fraction": 0,
+        }
 
         output = airflow_home.dags_test("code_instruct", "2026-01-03", conf, env)
 

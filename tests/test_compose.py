@@ -21,7 +21,14 @@ from infinisynth.model_server import MODEL_ALIAS
 from infinisynth.settings import lint_service_url, role_config, store_for
 
 REPO = Path(__file__).resolve().parents[1]
-AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker", "airflow-triggerer", "airflow-init")
+AIRFLOW_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-worker",
+    "airflow-triggerer",
+    "airflow-init",
+)
 
 
 def compose_config(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -29,7 +36,11 @@ def compose_config(*args: str, env: dict[str, str] | None = None) -> dict[str, A
     assert docker_compose, "docker-compose is missing: scripts/system-deps.sh installs it"
     result = subprocess.run(
         [docker_compose, "-f", str(REPO / "docker-compose.yaml"), *args, "config"],
-        capture_output=True, text=True, cwd=REPO, env={"PATH": "/usr/bin:/bin", **(env or {})}, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        timeout=60,
     )
     assert result.returncode == 0, f"docker-compose config rejected the file:\n{result.stderr}"
     return yaml.safe_load(result.stdout)
@@ -80,7 +91,9 @@ def test_the_library_reads_what_the_stack_configures(stack):
 
 
 def test_model_settings_come_from_the_env_file_and_keys_stay_out_of_the_file(tmp_path):
-    configured = compose_config(env={"LLM_BASE_URL": "https://vllm.internal/v1", "LLM_API_KEY": "sk-live-123", "LLM_MODEL": "qwen2.5-coder-32b"})
+    configured = compose_config(
+        env={"LLM_BASE_URL": "https://vllm.internal/v1", "LLM_API_KEY": "sk-live-123", "LLM_MODEL": "qwen2.5-coder-32b"}
+    )
     conn = json.loads(configured["services"]["airflow-worker"]["environment"]["AIRFLOW_CONN_LLM_DEFAULT"])
     assert conn["host"] == "https://vllm.internal/v1" and conn["password"] == "sk-live-123"
     assert conn["extra"]["model"] == "qwen2.5-coder-32b"

@@ -35,8 +35,11 @@ print(json.dumps({
 
 def parse_dags() -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(REPO / "dags")], capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "HOME": str(REPO)},
+        [sys.executable, "-c", PROBE, str(REPO / "dags")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "HOME": str(REPO)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -52,14 +55,37 @@ def test_dag_files_import_quickly_without_network_or_heavy_imports():
 def test_code_instruct_dag_shape():
     dag = parse_dags()["dags"]["code_instruct"]
     assert set(dag["tasks"]) == {
-        "prepare_seeds", "reverse_construct", "commit_reverse", "assess_seed_problems", "commit_seed_quality", "extract_keywords", "build_knowledge_graph",
-        "backfeed_construct", "commit_backfeed", "assess_quality", "commit_quality", "generate_responses", "commit_respond", "verify_responses", "publish",
+        "prepare_seeds",
+        "reverse_construct",
+        "commit_reverse",
+        "assess_seed_problems",
+        "commit_seed_quality",
+        "extract_keywords",
+        "build_knowledge_graph",
+        "backfeed_construct",
+        "commit_backfeed",
+        "assess_quality",
+        "commit_quality",
+        "generate_responses",
+        "commit_respond",
+        "verify_responses",
+        "publish",
     }
     assert dag["catchup"] is False
     assert dag["schedule"] == "@daily"
     for param in (
-        "max_seeds", "shard_size", "seed_source", "problems_per_seed", "backfeed_ratio", "quality_samples",
-        "quality_threshold", "generator_model", "judge_model", "storage_root", "lint_gate", "lint_max_code_bytes",
+        "max_seeds",
+        "shard_size",
+        "seed_source",
+        "problems_per_seed",
+        "backfeed_ratio",
+        "quality_samples",
+        "quality_threshold",
+        "generator_model",
+        "judge_model",
+        "storage_root",
+        "lint_gate",
+        "lint_max_code_bytes",
         "lint_timeout_scale",
     ):
         assert param in dag["params"]

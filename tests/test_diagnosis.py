@@ -23,9 +23,13 @@ UNRELATED = "Design a function that merges overlapping time intervals and return
 def chat_table(n: int) -> pa.Table:
     rows = [
         {
-            "id": f"row{i}", "parent_ids": [], "origin": "reverse", "lang": "python",
+            "id": f"row{i}",
+            "parent_ids": [],
+            "origin": "reverse",
+            "lang": "python",
             "messages": [{"role": "user", "content": f"problem number {i}"}, {"role": "assistant", "content": f"answer {i}"}],
-            "problem": f"problem number {i}", "response": f"answer {i}",
+            "problem": f"problem number {i}",
+            "response": f"answer {i}",
         }
         for i in range(n)
     ]
@@ -112,8 +116,14 @@ def test_leakage_catches_a_paraphrase_by_embedding_and_a_copy_by_ngrams():
 def test_a_diagnosis_set_overlapping_humaneval_is_refused(tmp_path):
     path = tmp_path / "set.jsonl"
     rows = [
-        {"prompt": "Write a Python function that returns the second smallest element of a list of integers, or None if there is none.", "reference": "..."},
-        {"prompt": "Write a Python function that converts a duration in seconds into a human readable string like '1h 02m 03s'.", "reference": "..."},
+        {
+            "prompt": "Write a Python function that returns the second smallest element of a list of integers, or None if there is none.",
+            "reference": "...",
+        },
+        {
+            "prompt": "Write a Python function that converts a duration in seconds into a human readable string like '1h 02m 03s'.",
+            "reference": "...",
+        },
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table, _ = user_set(str(path))
@@ -140,8 +150,12 @@ def test_verdict_requires_a_deficiency_for_a_wrong_answer():
 
 def verdict(row_id: str, correct: bool, *items: tuple[str, str, str, str], lang: str = "python") -> dict:
     return {
-        "id": row_id, "lang": lang, "correct": correct,
-        "deficiencies": [{"skill": s, "knowledge_area": k, "error_type": e, "severity": sev, "description": f"{s} failed"} for s, k, e, sev in items],
+        "id": row_id,
+        "lang": lang,
+        "correct": correct,
+        "deficiencies": [
+            {"skill": s, "knowledge_area": k, "error_type": e, "severity": sev, "description": f"{s} failed"} for s, k, e, sev in items
+        ],
     }
 
 
@@ -149,7 +163,12 @@ def test_deficiencies_group_and_rank_by_frequency_and_severity():
     verdicts = pa.Table.from_pylist(
         [
             verdict("a", False, ("Handling duplicate values", "Selection algorithms", "missed_edge_case", "major")),
-            verdict("b", False, ("handling duplicate values.", "selection algorithms", "missed_edge_case", "critical"), ("Off-by-one loop bounds", "Iteration", "wrong_logic", "minor")),
+            verdict(
+                "b",
+                False,
+                ("handling duplicate values.", "selection algorithms", "missed_edge_case", "critical"),
+                ("Off-by-one loop bounds", "Iteration", "wrong_logic", "minor"),
+            ),
             verdict("c", False, ("Off-by-one loop bounds", "Iteration", "wrong_logic", "minor")),
             verdict("d", True),
         ]
@@ -169,7 +188,10 @@ def test_targets_are_allocated_in_proportion_to_weight_under_the_cap():
     assert sum(targeted.allocate([5, 2, 1], 7)) == 7
     assert targeted.allocate([1, 1], 0) == [0, 0]
     verdicts = pa.Table.from_pylist(
-        [verdict("a", False, ("skill one", "area", "wrong_logic", "critical")), verdict("b", False, ("skill two", "area", "wrong_logic", "minor"))]
+        [
+            verdict("a", False, ("skill one", "area", "wrong_logic", "critical")),
+            verdict("b", False, ("skill two", "area", "wrong_logic", "minor")),
+        ]
     )
     groups = aggregate.deficiency_groups(verdicts, merge_similarity=1.0)
     plan = targeted.plan_targets(groups, cap=4, top_groups=5, iteration=3).to_pylist()
@@ -198,7 +220,10 @@ def test_target_comes_from_the_event_then_params_and_secrets_are_refused():
 
 
 def test_oracle_role_falls_back_to_the_judge_then_default():
-    conns = {"llm_judge": {"host": "http://judge/v1", "extra": {"model": "j"}}, "llm_default": {"host": "http://d/v1", "extra": {"model": "d"}}}
+    conns = {
+        "llm_judge": {"host": "http://judge/v1", "extra": {"model": "j"}},
+        "llm_default": {"host": "http://d/v1", "extra": {"model": "d"}},
+    }
     assert role_config("oracle", conns.get).model == "j"
     assert role_config("oracle", {"llm_default": conns["llm_default"]}.get).model == "d"
 
@@ -209,9 +234,28 @@ def test_diagnosis_dags_parse_with_their_asset_schedule_and_params():
     dags = parse_dags()["dags"]
     diagnosis = dags["deficiency_diagnosis"]
     assert "models.registered" in diagnosis["schedule"] and diagnosis["catchup"] is False
-    assert {"start_iteration", "answer_prompts", "judge_answers", "aggregate_deficiencies", "synthesize_targeted",
-            "screen_leakage", "assess_quality", "generate_responses", "commit_respond", "verify_responses", "publish"} <= set(diagnosis["tasks"])
-    for param in ("target_base_url", "target_model", "diagnosis_source", "max_targeted", "top_groups",
-                  "leakage_max_cosine", "leakage_max_ngram_overlap", "storage_root"):
+    assert {
+        "start_iteration",
+        "answer_prompts",
+        "judge_answers",
+        "aggregate_deficiencies",
+        "synthesize_targeted",
+        "screen_leakage",
+        "assess_quality",
+        "generate_responses",
+        "commit_respond",
+        "verify_responses",
+        "publish",
+    } <= set(diagnosis["tasks"])
+    for param in (
+        "target_base_url",
+        "target_model",
+        "diagnosis_source",
+        "max_targeted",
+        "top_groups",
+        "leakage_max_cosine",
+        "leakage_max_ngram_overlap",
+        "storage_root",
+    ):
         assert param in diagnosis["params"]
     assert set(dags["register_model"]["params"]) == {"base_url", "model", "conn_id", "name"}

@@ -16,13 +16,44 @@ pytestmark = pytest.mark.slow
 
 # Prompts far from any HumanEval problem (the benchmark check would refuse them otherwise).
 DIAGNOSIS_SET = [
-    {"id": "rooms", "lang": "python", "prompt": "Write a Python function `min_rooms(bookings)` that takes a list of meeting bookings (start, end) and returns the minimum number of rooms so that no two overlapping bookings share a room. MARK_A", "reference": "def min_rooms(bookings): ..."},
-    {"id": "shipments", "lang": "python", "prompt": "Given a log of warehouse shipments as (sku, quantity) pairs, write a Python function that returns the sku with the largest total quantity, breaking ties by the sku that appears first. MARK_B", "reference": "def top_sku(log): ..."},
-    {"id": "csv", "lang": "python", "prompt": "Write a Python function that parses a CSV line with quoted fields, where a quoted field may contain commas and escaped double quotes. MARK_A2", "reference": "def parse_line(line): ..."},
-    {"id": "duration", "lang": "python", "prompt": "Write a Python function that converts a duration in seconds into a human readable string like 1h 02m 03s, omitting leading zero units.", "reference": "def human(seconds): ..."},
+    {
+        "id": "rooms",
+        "lang": "python",
+        "prompt": "Write a Python function `min_rooms(bookings)` that takes a list of meeting bookings (start, end) and returns the minimum number of rooms so that no two overlapping bookings share a room. MARK_A",
+        "reference": "def min_rooms(bookings): ...",
+    },
+    {
+        "id": "shipments",
+        "lang": "python",
+        "prompt": "Given a log of warehouse shipments as (sku, quantity) pairs, write a Python function that returns the sku with the largest total quantity, breaking ties by the sku that appears first. MARK_B",
+        "reference": "def top_sku(log): ...",
+    },
+    {
+        "id": "csv",
+        "lang": "python",
+        "prompt": "Write a Python function that parses a CSV line with quoted fields, where a quoted field may contain commas and escaped double quotes. MARK_A2",
+        "reference": "def parse_line(line): ...",
+    },
+    {
+        "id": "duration",
+        "lang": "python",
+        "prompt": "Write a Python function that converts a duration in seconds into a human readable string like 1h 02m 03s, omitting leading zero units.",
+        "reference": "def human(seconds): ...",
+    },
 ]
-EDGE = {"skill": "handling boundary conditions of interval input", "knowledge_area": "interval scheduling", "error_type": "missed_edge_case", "description": "ignores touching intervals in min_rooms"}
-TIES = {"skill": "breaking ties deterministically", "knowledge_area": "aggregation", "error_type": "wrong_logic", "severity": "minor", "description": "picks an arbitrary key on ties"}
+EDGE = {
+    "skill": "handling boundary conditions of interval input",
+    "knowledge_area": "interval scheduling",
+    "error_type": "missed_edge_case",
+    "description": "ignores touching intervals in min_rooms",
+}
+TIES = {
+    "skill": "breaking ties deterministically",
+    "knowledge_area": "aggregation",
+    "error_type": "wrong_logic",
+    "severity": "minor",
+    "description": "picks an arbitrary key on ties",
+}
 TIES_PROBLEM = "TIESMARK: Write a Python function that ranks chess players by rating and, when two ratings are equal, orders them by registration date, returning the names in order."
 PARAPHRASE = "Write a Python function that receives a list of meeting reservations as (start, end) pairs and computes the smallest number of rooms needed so no two overlapping reservations share a room."
 
@@ -41,8 +72,14 @@ RULES = [
     {"match": ["Skill: handling boundary conditions", "This is variant 1:"], "actions": [{"json": {"problem": PARAPHRASE}}]},
     # The ties group's instruction gets an answer whose code the static gate rejects; the rest pass.
     {"match": "Skill: breaking ties", "actions": [{"json": {"problem": TIES_PROBLEM}}]},
-    {"match": ["TIESMARK", "Solve the following programming problem"], "actions": [{"content": "```python\ndef rank(players):\n    return sorted(players, key=ratingz)\n```\n"}]},
-    {"match": "Solve the following programming problem", "actions": [{"content": "Sort, then scan.\n\n```python\ndef solve(items):\n    return sorted(items)\n```\n"}]},
+    {
+        "match": ["TIESMARK", "Solve the following programming problem"],
+        "actions": [{"content": "```python\ndef rank(players):\n    return sorted(players, key=ratingz)\n```\n"}],
+    },
+    {
+        "match": "Solve the following programming problem",
+        "actions": [{"content": "Sort, then scan.\n\n```python\ndef solve(items):\n    return sorted(items)\n```\n"}],
+    },
 ]
 
 
@@ -64,8 +101,12 @@ def test_diagnosis_run_ranks_known_deficiencies_and_publishes_targeted_rows(airf
     root = f"file://{tmp_path / 'data'}"
     env = {**connection_env(server.base_url), "INFINISYNTH_ROOT": root}
     conf = {
-        "target_base_url": server.base_url, "target_model": "model-under-test", "diagnosis_source": str(write_set(tmp_path)),
-        "max_targeted": 6, "shard_size": 2, "merge_similarity": 1.0,
+        "target_base_url": server.base_url,
+        "target_model": "model-under-test",
+        "diagnosis_source": str(write_set(tmp_path)),
+        "max_targeted": 6,
+        "shard_size": 2,
+        "merge_similarity": 1.0,
     }
 
     output = airflow_home.dags_test("deficiency_diagnosis", "2026-04-01", conf, env)
@@ -106,13 +147,24 @@ def test_diagnosis_run_ranks_known_deficiencies_and_publishes_targeted_rows(airf
     dataset = table("dataset")
     assert len(table("quality")) == len(table("respond")) == 5
     [lint_reject] = rejected("verify")
-    assert lint_reject["reason"] == "lint_error" and "TIESMARK" in lint_reject["input_json"] and "undefined-variable" in lint_reject["detail"]
+    assert (
+        lint_reject["reason"] == "lint_error" and "TIESMARK" in lint_reject["input_json"] and "undefined-variable" in lint_reject["detail"]
+    )
     assert len(dataset) == 4 == len(table("verify"))
     assert all(r["origin"] == "diagnosis" and r["iteration"] == 1 for r in dataset)
     assert sorted(r["deficiency"]["rank"] for r in dataset) == [1, 1, 1, 1]
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in dataset)
     meta = store.partition("diagnosis", "dataset", part).manifest().meta
-    assert [e["stage"] for e in meta["funnel"]] == ["diagnosis_set", "answer", "verdict", "targeted", "leakage", "quality", "respond", "verify"]
+    assert [e["stage"] for e in meta["funnel"]] == [
+        "diagnosis_set",
+        "answer",
+        "verdict",
+        "targeted",
+        "leakage",
+        "quality",
+        "respond",
+        "verify",
+    ]
     for entry in meta["funnel"]:
         assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]
 
@@ -147,7 +199,9 @@ def test_two_iterations_chained_through_model_registration_events(airflow_home, 
 
     for number, model in ((1, "model-v1"), (2, "model-v2")):
         before = queued_for(airflow_home, "deficiency_diagnosis")
-        airflow_home.dags_test("register_model", "2026-04-02", {"base_url": server.base_url, "model": model, "name": f"sft run {number}"}, env)
+        airflow_home.dags_test(
+            "register_model", "2026-04-02", {"base_url": server.base_url, "model": model, "name": f"sft run {number}"}, env
+        )
         assert queued_for(airflow_home, "deficiency_diagnosis") >= max(before, 1)  # the scheduler's queue has it
         output = airflow_home.dags_test("deficiency_diagnosis", f"2026-04-0{number + 1}", conf, env)
         assert f"iteration {number}" in output
@@ -174,9 +228,15 @@ def test_one_iteration_on_the_embedded_model_as_target_and_oracle(airflow_home, 
     root = f"file://{tmp_path / 'data'}"
     env = {"AIRFLOW_CONN_LLM_DEFAULT": json.dumps(embedded_connection(embedded_model)), "INFINISYNTH_ROOT": root}
     conf = {
-        "target_base_url": embedded_model, "target_model": MODEL_ALIAS, "target_max_tokens": 150,
-        "diagnosis_source": str(PROJECT_ROOT / "plugins" / "infinisynth" / "diagnosis" / "demo_set.jsonl"),
-        "max_diagnosis_rows": 2, "max_targeted": 2, "top_groups": 2, "quality_samples": 1, "quality_threshold": 1.0,
+        "target_base_url": embedded_model,
+        "target_model": MODEL_ALIAS,
+        "target_max_tokens": 150,
+        "diagnosis_source": str(PROJECT_ROOT / "src" / "infinisynth" / "diagnosis" / "demo_set.jsonl"),
+        "max_diagnosis_rows": 2,
+        "max_targeted": 2,
+        "top_groups": 2,
+        "quality_samples": 1,
+        "quality_threshold": 1.0,
     }
 
     airflow_home.dags_test("deficiency_diagnosis", "2026-04-05", conf, env, timeout=900)

@@ -43,7 +43,8 @@ def failure_logs(home: AirflowHome, dag_id: str, run_id: str) -> str:
     """The tail of every failed task's log in a run: what a failing test should show."""
     with sqlite3.connect(Path(home.env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as db:
         tasks = db.execute(
-            "select task_id, map_index, state from task_instance where dag_id = ? and run_id = ? and state not in ('success', 'skipped')", (dag_id, run_id)
+            "select task_id, map_index, state from task_instance where dag_id = ? and run_id = ? and state not in ('success', 'skipped')",
+            (dag_id, run_id),
         ).fetchall()
     logs = [f"unfinished/failed tasks: {tasks}"]
     run_dir = Path(home.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
@@ -68,7 +69,9 @@ def wait_for_run(home: AirflowHome, dag_id: str, number: int, timeout: float = R
 
 def tries(home: AirflowHome, dag_id: str, run_id: str) -> dict[str, int]:
     with sqlite3.connect(Path(home.env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as db:
-        rows = db.execute("select task_id, map_index, try_number from task_instance where dag_id = ? and run_id = ?", (dag_id, run_id)).fetchall()
+        rows = db.execute(
+            "select task_id, map_index, try_number from task_instance where dag_id = ? and run_id = ?", (dag_id, run_id)
+        ).fetchall()
     return {f"{task}[{index}]": number for task, index, number in rows}
 
 

@@ -58,10 +58,7 @@ def random_rows(problems: int, vocab: tuple[int, int, int], seed: int) -> list[d
     """Keyword rows drawn from fixed vocabularies (2 task, 3 instruction, 3 knowledge each)."""
     rng = np.random.default_rng(seed)
     pick = lambda kind, size, k: [f"{kind} {x}" for x in rng.choice(size, k, replace=False)]  # noqa: E731
-    return [
-        row(f"p{p}", pick("task", vocab[0], 2), pick("instr", vocab[1], 3), pick("know", vocab[2], 3))
-        for p in range(problems)
-    ]
+    return [row(f"p{p}", pick("task", vocab[0], 2), pick("instr", vocab[1], 3), pick("know", vocab[2], 3)) for p in range(problems)]
 
 
 def edge_dict(graph: nx.Graph) -> dict:

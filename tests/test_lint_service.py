@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 def start_service(port: int, *extra: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "infinisynth.verify.service", "--host", "127.0.0.1", "--port", str(port), *extra]
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -80,7 +80,9 @@ def test_lint_answers_in_request_order_with_the_ids_as_sent(service):
     results = response.json()["results"]
     assert [r["id"] for r in results] == [i["id"] for i in items]
     assert [r["passed"] for r in results] == [False, True, False, True, False, False]
-    assert results[0]["findings"] == [{"tool": "pylint", "rule": "undefined-variable", "line": 1, "message": "Undefined variable 'undefined_name'"}]
+    assert results[0]["findings"] == [
+        {"tool": "pylint", "rule": "undefined-variable", "line": 1, "message": "Undefined variable 'undefined_name'"}
+    ]
     assert results[2]["findings"][0]["tool"] == "sqlfluff"
     assert results[4]["findings"][0]["rule"] == "unsupported_language"
     assert results[5]["findings"][0]["rule"] == BINARY_CODE
@@ -95,7 +97,11 @@ def test_lint_answers_in_request_order_with_the_ids_as_sent(service):
         (json.dumps({"items": [{"id": "x", "language": "python", "code": 3}]}).encode(), 422, "items.0.code"),
         (json.dumps({"items": "all of them"}).encode(), 422, "items"),
         (json.dumps({"things": []}).encode(), 422, "items"),
-        (json.dumps({"items": [{"id": str(n), "language": "python", "code": "x=1"} for n in range(MAX_ITEMS + 1)]}).encode(), 422, "at most 50"),
+        (
+            json.dumps({"items": [{"id": str(n), "language": "python", "code": "x=1"} for n in range(MAX_ITEMS + 1)]}).encode(),
+            422,
+            "at most 50",
+        ),
         (json.dumps({"items": [{"id": "x", "language": "python", "code": "x = 1\n" * (MAX_BODY // 6)}]}).encode(), 413, "over the limit"),
     ],
 )
@@ -118,7 +124,10 @@ def test_a_streamed_body_over_the_limit_is_refused_without_a_content_length(serv
 
 
 def test_the_client_splits_big_checks_and_agrees_with_the_local_gate(service):
-    items = [LintItem(f"py-{n}", "python", f"def f_{n}(x):\n    return x + {'y' if n % 3 == 0 else n}\n" + "# padding\n" * 400) for n in range(60)]
+    items = [
+        LintItem(f"py-{n}", "python", f"def f_{n}(x):\n    return x + {'y' if n % 3 == 0 else n}\n" + "# padding\n" * 400)
+        for n in range(60)
+    ]
     items += [
         LintItem("js", "javascript", "missingFn();\n"),
         LintItem("latin1", "python", "print('caf\xe9')".encode("latin-1")),

@@ -148,9 +148,7 @@ def test_429_retry_after_is_honoured_then_succeeds(fresh_scripted: ScriptedOpenA
     ("status", "reason", "retried"),
     [(429, "rate_limited", True), (500, "server_error", True), (503, "server_error", True), (400, "request_rejected", False)],
 )
-def test_status_forever_is_rejected_after_bounded_attempts(
-    fresh_scripted: ScriptedOpenAI, status: int, reason: str, retried: bool
-) -> None:
+def test_status_forever_is_rejected_after_bounded_attempts(fresh_scripted: ScriptedOpenAI, status: int, reason: str, retried: bool) -> None:
     fresh_scripted.script([{"match": "always-fails", "actions": [{"status": status, "retry_after": FAST}]}])
     usage = UsageMeter()
     rejected = rejection(config(fresh_scripted, max_retries=2), "always-fails: write a problem", usage)
@@ -244,9 +242,7 @@ def test_malformed_json_forever_is_rejected_with_the_last_answer(fresh_scripted:
         ({"title": "Merge intervals", "difficulty": "impossible", "tags": [], "score": 3}, "difficulty:"),
     ],
 )
-def test_schema_breaking_answer_is_rejected_naming_the_field(
-    fresh_scripted: ScriptedOpenAI, answer: dict[str, Any], named: str
-) -> None:
+def test_schema_breaking_answer_is_rejected_naming_the_field(fresh_scripted: ScriptedOpenAI, answer: dict[str, Any], named: str) -> None:
     fresh_scripted.script([{"match": "off-schema", "actions": [{"json": answer}]}])
     rejected = rejection(config(fresh_scripted, max_invalid_retries=1), "off-schema: write a problem")
 
@@ -403,7 +399,9 @@ def test_api_key_is_sent_but_never_leaks(fresh_scripted: ScriptedOpenAI, caplog:
     cfg = config(fresh_scripted, max_retries=1, max_invalid_retries=1, timeout_s=0.3)
 
     assert isinstance(structured(cfg, "a fine request"), Problem)
-    rejections = [rejection(cfg, f"{marker}: write a problem") for marker in ("limited", "broken", "hangup", "slowpoke", "echo-answer", "echo-body")]
+    rejections = [
+        rejection(cfg, f"{marker}: write a problem") for marker in ("limited", "broken", "hangup", "slowpoke", "echo-answer", "echo-body")
+    ]
 
     assert fresh_scripted.stats()["auth_headers"] == [f"Bearer {SECRET}"]
     assert {r.reason for r in rejections} == {"rate_limited", "server_error", "connection_error", "timeout", "invalid_output"}
@@ -455,9 +453,7 @@ class WriteStage:
 
 def test_no_row_is_lost_in_a_shard(fresh_scripted: ScriptedOpenAI) -> None:
     rows = [{"id": f"r{i:02d}", "prompt": f"Write a problem about topic {i} [row-{i}]", "n": i} for i in range(30)]
-    fresh_scripted.script(
-        [{"match": f"[row-{i}]", "actions": [FATES[i % 8][0]]} for i in range(30) if i % 8 in FATES]
-    )
+    fresh_scripted.script([{"match": f"[row-{i}]", "actions": [FATES[i % 8][0]]} for i in range(30) if i % 8 in FATES])
     expected_reason = {row["id"]: FATES[i % 8][1] if i % 8 in FATES else None for i, row in enumerate(rows)}
     usage = UsageMeter()
 

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 
 from infinisynth.pipelines.code_instruct import PIPELINE, REVERSE_STAGE, SEED_STAGE
+from infinisynth.records import content_id
 from infinisynth.runner import Checkpoint
 from infinisynth.seeds import SEED_SCHEMA
 from infinisynth.settings import store_for
-from infinisynth.records import content_id
 from tests.support.servers import scripted_openai
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,16 +29,29 @@ def seed_rows() -> pa.Table:
     rows = []
     for i in range(ROWS):
         code = f"def step_{i}(values):\n    return [v * {i} for v in values if v > {i}]\n"
-        rows.append({"id": content_id("seed", "python", code), "parent_ids": [], "origin": "seed", "lang": "python",
-                     "seed": code, "source": f"test:{i}", "seed_problem": None, "seed_solution": None})
+        rows.append(
+            {
+                "id": content_id("seed", "python", code),
+                "parent_ids": [],
+                "origin": "seed",
+                "lang": "python",
+                "seed": code,
+                "source": f"test:{i}",
+                "seed_problem": None,
+                "seed_solution": None,
+            }
+        )
     return pa.Table.from_pylist(rows, schema=SEED_SCHEMA)
 
 
 def run_shard_process(root: str, shard: dict, base_url: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, str(REPO / "tests/support/run_reverse_shard.py"), root, DS, json.dumps(shard), base_url],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
 
 
@@ -98,9 +111,9 @@ def test_killed_shard_resumes_without_paying_twice(tmp_path):
 
 def test_changed_prompt_does_not_reuse_checkpointed_answers(tmp_path, monkeypatch):
     """The cache key holds the prompt's version: an edited prompt invalidates saved rows."""
+    from infinisynth.llm import LLMClient, RoleConfig
     from infinisynth.prompts import load_prompt
     from infinisynth.stages.reverse import ReverseConstruction, ReverseSettings
-    from infinisynth.llm import LLMClient, RoleConfig
 
     config = RoleConfig(role="generator", base_url="http://127.0.0.1:9/v1", model="m")
     client = LLMClient(config)
@@ -116,4 +129,6 @@ def test_changed_prompt_does_not_reuse_checkpointed_answers(tmp_path, monkeypatc
     assert ReverseConstruction(client, original).cache_key(row) == ReverseConstruction(client, original).cache_key(row)
     changed_model = LLMClient(config.with_overrides(model="other"))
     assert ReverseConstruction(changed_model, original).cache_key(row) != ReverseConstruction(client, original).cache_key(row)
-    assert ReverseConstruction(client, original, ReverseSettings(problems_per_seed=2)).cache_key(row) != ReverseConstruction(client, original).cache_key(row)
+    assert ReverseConstruction(client, original, ReverseSettings(problems_per_seed=2)).cache_key(row) != ReverseConstruction(
+        client, original
+    ).cache_key(row)

@@ -118,9 +118,7 @@ def test_parquet_columns_are_mapped_to_the_seed_schema(tmp_path: Path) -> None:
     assert rows[0]["seed_problem"] == "Write add."  # the first of the two same-id rows wins
     assert rows[1]["seed_solution"] == "const x = 1;"
     assert all(row["origin"] == "seed" and row["parent_ids"] == [] for row in rows)
-    assert [row["id"] for row in rows] == [
-        content_id("seed", row["lang"], row["seed"]) for row in rows
-    ]
+    assert [row["id"] for row in rows] == [content_id("seed", row["lang"], row["seed"]) for row in rows]
     assert (stats.rows_read, stats.rows_empty_seed, stats.rows_duplicate_id) == (5, 1, 1)
 
 
@@ -355,9 +353,7 @@ def source_tree(tmp_path: Path) -> Path:
     return root
 
 
-MINE_OPTIONS = dict(
-    max_snippets=1000, min_lines=5, max_lines=10, max_snippet_bytes=2000, max_file_bytes=20_000
-)
+MINE_OPTIONS = dict(max_snippets=1000, min_lines=5, max_lines=10, max_snippet_bytes=2000, max_file_bytes=20_000)
 
 
 def snippet_lines_in_file(root: Path, source: str) -> tuple[Path, int, int]:
@@ -443,9 +439,7 @@ def test_languages_restricts_what_is_mined(source_tree: Path) -> None:
         ("one_token", {"snippets_duplicate": 0, "snippets_near_duplicate": 1}),
     ],
 )
-def test_exact_and_near_duplicates_are_dropped(
-    tmp_path: Path, variant: str, expected: dict[str, int]
-) -> None:
+def test_exact_and_near_duplicates_are_dropped(tmp_path: Path, variant: str, expected: dict[str, int]) -> None:
     body = python_source("dup", functions=2).strip("\n")
     variants = {
         "whitespace": body.replace(" = ", "   =   ").replace("\n", "  \n"),
@@ -460,9 +454,7 @@ def test_exact_and_near_duplicates_are_dropped(
     stats = SeedStats()
 
     # One possible run per file (the whole file), so whole files are what gets compared.
-    table = mine_snippets(
-        [tmp_path], max_snippets=10, min_lines=lines, max_lines=lines, stats=stats
-    )
+    table = mine_snippets([tmp_path], max_snippets=10, min_lines=lines, max_lines=lines, stats=stats)
 
     assert table.num_rows == 2
     assert sum("other_0" in seed for seed in table.column("seed").to_pylist()) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import threading
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from infinisynth.runner import Checkpoint, Passed, Rejected
@@ -84,7 +82,7 @@ class Backend:
         assert self.s3 is not None
         prefix = self._key(partition.path) + "/"
         pages = self.s3.client().get_paginator("list_objects_v2").paginate(Bucket=self.s3.bucket, Prefix=prefix)
-        return {obj["Key"][len(prefix):] for page in pages for obj in page.get("Contents", [])}
+        return {obj["Key"][len(prefix) :] for page in pages for obj in page.get("Contents", [])}
 
     def put_bytes(self, path: str, data: bytes) -> None:
         """Overwrite a file out of band (bit rot, a stray tool), not through the store."""
@@ -522,9 +520,7 @@ def test_empty_partition_reads_back_empty_with_its_schema(backend: Backend, stor
 # -- 8. checkpoints ---------------------------------------------------------------------------------
 
 
-def test_checkpoint_round_trip_truncated_chunk_and_clear(
-    backend: Backend, store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_checkpoint_round_trip_truncated_chunk_and_clear(backend: Backend, store: Store, caplog: pytest.LogCaptureFixture) -> None:
     directory = store.work_dir("demo", "generate", DS, 3)
     checkpoint = Checkpoint(store, directory)
     assert checkpoint.load() == ({}, {})
@@ -555,7 +551,9 @@ def test_checkpoint_round_trip_truncated_chunk_and_clear(
         outcomes, usage = Checkpoint(backend.make_store(), directory).load()
     assert set(outcomes) == {"r1:k", "r2:k"}
     assert usage["teacher/generate"]["requests"] == 2
-    assert any("ignoring unreadable checkpoint chunk" in r.getMessage() and posixpath.basename(chunk) in r.getMessage() for r in caplog.records)
+    assert any(
+        "ignoring unreadable checkpoint chunk" in r.getMessage() and posixpath.basename(chunk) in r.getMessage() for r in caplog.records
+    )
 
     checkpoint.clear()
     assert not backend.path_exists(directory)

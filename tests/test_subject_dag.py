@@ -21,7 +21,11 @@ COMMON = ["photosynthesis", "plant biology"]
 POOL = [
     ("MARK_A", "Explain how photosynthesis works in C4 plants.", COMMON),
     ("MARK_B", "Write a sonnet about the first frost of autumn.", ["poetry"]),  # a unique tag: long tail
-    ("MARK_C", "Plan a household budget with compound interest and taxes.", ["budgeting", "compound interest", "tax law", "spreadsheets", "arithmetic"]),  # 5 tags: multi-skill
+    (
+        "MARK_C",
+        "Plan a household budget with compound interest and taxes.",
+        ["budgeting", "compound interest", "tax law", "spreadsheets", "arithmetic"],
+    ),  # 5 tags: multi-skill
     ("MARK_D", "Why are leaves green in summer?", COMMON),
     ("MARK_E", "How do chloroplasts capture light energy?", COMMON),
     ("MARK_F", "Describe the Calvin cycle step by step.", COMMON),
@@ -40,16 +44,29 @@ def pool_file(directory: Path) -> Path:
 
 def rules() -> list[dict]:
     tagging = [
-        {"match": ["List the fine-grained tags", marker], "actions": [{"json": {"tags": [{"tag": t, "explanation": "needed"} for t in tags]}}]}
+        {
+            "match": ["List the fine-grained tags", marker],
+            "actions": [{"json": {"tags": [{"tag": t, "explanation": "needed"} for t in tags]}}],
+        }
         for marker, _, tags in POOL
     ]
     return [
         # Evolution of B copies the evolution prompt's own words; of C, gives an unanswerable task.
         {"match": ["Original instruction:", "MARK_B"], "actions": [{"json": {"instruction": f"A sonnet. {PROMPT_WORDS}"}}]},
-        {"match": ["Original instruction:", "MARK_C"], "actions": [{"json": {"instruction": "UNANSWERABLE_marker: use the attached ledger to plan the budget."}}]},
-        {"match": ["Rewritten:", "UNANSWERABLE_marker"], "actions": [{"json": {"adds_information": True, "answerable": False, "explanation": "the ledger is not attached"}}]},
+        {
+            "match": ["Original instruction:", "MARK_C"],
+            "actions": [{"json": {"instruction": "UNANSWERABLE_marker: use the attached ledger to plan the budget."}}],
+        },
+        {
+            "match": ["Rewritten:", "UNANSWERABLE_marker"],
+            "actions": [{"json": {"adds_information": True, "answerable": False, "explanation": "the ledger is not attached"}}],
+        },
         # Seeds are rated easy; evolved instructions get the scripted default (7).
-        {"match": ["Rate its difficulty", "MARK_"], "name": "seed-difficulty", "actions": [{"json": {"difficulty": 3, "rationale": "easy"}}]},
+        {
+            "match": ["Rate its difficulty", "MARK_"],
+            "name": "seed-difficulty",
+            "actions": [{"json": {"difficulty": 3, "rationale": "easy"}}],
+        },
         *tagging,
     ]
 
@@ -67,8 +84,13 @@ def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflo
     root = f"file://{tmp_path / 'data'}"
     env = {**connection_env(server.base_url, max_invalid_retries=1), "INFINISYNTH_ROOT": root}
     conf = {
-        "pool_source": str(pool_file(tmp_path)), "shard_size": 3, "noise_floor": 1, "long_tail_frequency": 2,
-        "generations": 2, "max_followups": 2, "max_seeds": 100,
+        "pool_source": str(pool_file(tmp_path)),
+        "shard_size": 3,
+        "noise_floor": 1,
+        "long_tail_frequency": 2,
+        "generations": 2,
+        "max_followups": 2,
+        "max_seeds": 100,
     }
 
     output = airflow_home.dags_test("subject_instruct", DS, conf, env)
@@ -145,8 +167,15 @@ def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflo
 
 
 PAPER_DEFAULTS = {
-    "merge_similarity": 0.91, "cluster_eps": 0.47, "noise_floor": 100, "domains": 25, "long_tail_frequency": 200,
-    "multi_skill_tags": 4, "loss_z": 1.96, "min_followups": 1, "max_followups": 4,
+    "merge_similarity": 0.91,
+    "cluster_eps": 0.47,
+    "noise_floor": 100,
+    "domains": 25,
+    "long_tail_frequency": 200,
+    "multi_skill_tags": 4,
+    "loss_z": 1.96,
+    "min_followups": 1,
+    "max_followups": 4,
 }
 
 
@@ -158,7 +187,9 @@ def test_dag_shape_and_every_threshold_a_param_with_the_papers_default():
     shape = parse_dags()["dags"]["subject_instruct"]
     assert shape["schedule"] == "@daily" and shape["catchup"] is False
     generation_tasks = {f"{kind}_g{g}" for g in range(1, MAX_GENERATIONS + 1) for kind in ("evolve", "commit")}
-    assert generation_tasks | {"prepare_pool", "tag_instructions", "normalize_tags", "score_losses", "select_seeds", "publish"} <= set(shape["tasks"])
+    assert generation_tasks | {"prepare_pool", "tag_instructions", "normalize_tags", "score_losses", "select_seeds", "publish"} <= set(
+        shape["tasks"]
+    )
     dag = DagBag(str(Path(__file__).resolve().parents[1] / "dags" / "subject_instruct.py")).get_dag("subject_instruct")
     defaults = {name: dag.params[name] for name in shape["params"]}
     for name, value in PAPER_DEFAULTS.items():
@@ -166,7 +197,13 @@ def test_dag_shape_and_every_threshold_a_param_with_the_papers_default():
     # The task bodies validate Params with the same defaults.
     settings = SubjectSettings().model_dump()
     assert all(settings[name] == value for name, value in defaults.items() if name in settings and value not in ("", None))
-    assert {t.task_id for t in dag.tasks if getattr(t, "pool", None) == "llm"} >= {"tag_instructions", "score_losses", "evolve_g1", "generate_responses", "extend_multiturn"}
+    assert {t.task_id for t in dag.tasks if getattr(t, "pool", None) == "llm"} >= {
+        "tag_instructions",
+        "score_losses",
+        "evolve_g1",
+        "generate_responses",
+        "extend_multiturn",
+    }
 
 
 def test_row_tags_join_by_id_and_rows_without_tags_get_empty_lists():
@@ -176,14 +213,28 @@ def test_row_tags_join_by_id_and_rows_without_tags_get_empty_lists():
     from infinisynth.subject.tagging import TAGGED_SCHEMA
 
     tagged = pa.Table.from_pylist(
-        [{"id": i, "parent_ids": [], "origin": "seed", "instruction": "q", "response": "a", "messages": [{"role": "user", "content": "q"}],
-          "source": "s", "source_id": i, "raw_tags": [{"tag": "t", "explanation": ""}]} for i in ("a", "b", "c")],
+        [
+            {
+                "id": i,
+                "parent_ids": [],
+                "origin": "seed",
+                "instruction": "q",
+                "response": "a",
+                "messages": [{"role": "user", "content": "q"}],
+                "source": "s",
+                "source_id": i,
+                "raw_tags": [{"tag": "t", "explanation": ""}],
+            }
+            for i in ("a", "b", "c")
+        ],
         schema=TAGGED_SCHEMA,
     )
     row_tags = pa.table({"id": ["c", "a"], "tags": [["t1", "t2"], ["t3"]], "domains": [["d1"], ["d2"]]})
     joined = with_row_tags(tagged, row_tags)
     assert joined.schema.equals(tags_schema())
     assert joined.select(["id", "tags", "domains"]).to_pylist() == [
-        {"id": "a", "tags": ["t3"], "domains": ["d2"]}, {"id": "b", "tags": [], "domains": []}, {"id": "c", "tags": ["t1", "t2"], "domains": ["d1"]},
+        {"id": "a", "tags": ["t3"], "domains": ["d2"]},
+        {"id": "b", "tags": [], "domains": []},
+        {"id": "c", "tags": ["t1", "t2"], "domains": ["d1"]},
     ]
     assert with_row_tags(tagged, row_tags.slice(0, 0)).column("tags").to_pylist() == [[], [], []]

@@ -70,13 +70,20 @@ def test_operation_is_seeded_weighted_by_selection_reason_and_never_repeated():
 def test_evolves_seeds_with_tags_in_the_prompt_and_records_lineage(fresh_scripted):
     fresh_scripted.script(
         [
-            {"match": ["Explain photosynthesis.", "Skills it exercises: photosynthesis, plant biology", "Domain: natural sciences"],
-             "name": "guided", "actions": [{"json": {"instruction": "Explain photosynthesis step by step for C4 plants in hot climates."}}]},
+            {
+                "match": ["Explain photosynthesis.", "Skills it exercises: photosynthesis, plant biology", "Domain: natural sciences"],
+                "name": "guided",
+                "actions": [{"json": {"instruction": "Explain photosynthesis step by step for C4 plants in hot climates."}}],
+            },
             {"match": "TOO_SHORT_marker", "actions": [{"json": {"instruction": "Hm."}}]},
             {"match": "BROKEN_marker", "actions": [{"content": "{not json"}]},
         ]
     )
-    rows = [seed(0, "Explain photosynthesis."), seed(1, "TOO_SHORT_marker: describe the water cycle."), seed(2, "BROKEN_marker: name three rivers.")]
+    rows = [
+        seed(0, "Explain photosynthesis."),
+        seed(1, "TOO_SHORT_marker: describe the water cycle."),
+        seed(2, "BROKEN_marker: name three rivers."),
+    ]
     outputs, rejects = run_stage(fresh_scripted, evolution, rows)
 
     assert len(outputs) == 1 and fresh_scripted.stats()["by_rule"]["guided"] == 1

@@ -48,7 +48,10 @@ def test_an_instruction_that_shares_the_answers_words_reduces_its_loss(fresh_scr
     related, unrelated = response_losses(
         base_role(fresh_scripted.base_url),
         [
-            {"instruction": "Name the largest planet in the solar system.", "response": "The largest planet in the solar system is Jupiter."},
+            {
+                "instruction": "Name the largest planet in the solar system.",
+                "response": "The largest planet in the solar system is Jupiter.",
+            },
             {"instruction": "Write a haiku about rain.", "response": "The largest planet in the solar system is Jupiter."},
         ],
     )

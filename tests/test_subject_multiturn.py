@@ -16,10 +16,21 @@ from tests.test_subject_evolve import run_stage
 
 def verified(i: int, instruction: str, response: str | None = None) -> dict:
     row = {
-        "id": f"v-{i}", "parent_ids": ["seed-0"], "origin": "evolved", "lang": None, "instruction": instruction,
-        "tags": ["statistics", "hypothesis testing"], "domains": ["mathematics"], "selection_reasons": ["multi_skill"],
-        "seed_id": "seed-0", "generation": 1, "lineage": [{"generation": 1, "operation": "deepen", "id": f"v-{i}"}],
-        "provenance": None, "parent_instruction": "What is a p-value?", "operation": "deepen", "oracle_explanation": "ok",
+        "id": f"v-{i}",
+        "parent_ids": ["seed-0"],
+        "origin": "evolved",
+        "lang": None,
+        "instruction": instruction,
+        "tags": ["statistics", "hypothesis testing"],
+        "domains": ["mathematics"],
+        "selection_reasons": ["multi_skill"],
+        "seed_id": "seed-0",
+        "generation": 1,
+        "lineage": [{"generation": 1, "operation": "deepen", "id": f"v-{i}"}],
+        "provenance": None,
+        "parent_instruction": "What is a p-value?",
+        "operation": "deepen",
+        "oracle_explanation": "ok",
     }
     if response is not None:
         row["response"] = response
@@ -31,11 +42,18 @@ def test_responses_reject_refusals_empty_and_cut_off_answers(fresh_scripted):
         [
             {"match": "REFUSE_marker", "actions": [{"content": "I'm sorry, but I cannot help with that request."}]},
             {"match": "EMPTY_marker", "actions": [{"content": " ... !! "}]},
-            {"match": "CAVEAT_marker", "actions": [{"content": "Sorry for the long answer. " + "A p-value measures evidence against the null. " * 20}]},
+            {
+                "match": "CAVEAT_marker",
+                "actions": [{"content": "Sorry for the long answer. " + "A p-value measures evidence against the null. " * 20}],
+            },
         ]
     )
-    rows = [verified(0, "Explain p-values with an example."), verified(1, "REFUSE_marker: explain p-values."),
-            verified(2, "EMPTY_marker: explain p-values."), verified(3, "CAVEAT_marker: explain p-values.")]
+    rows = [
+        verified(0, "Explain p-values with an example."),
+        verified(1, "REFUSE_marker: explain p-values."),
+        verified(2, "EMPTY_marker: explain p-values."),
+        verified(3, "CAVEAT_marker: explain p-values."),
+    ]
     outputs, rejects = run_stage(fresh_scripted, lambda c: SurvivorResponse(c, load_prompt("subject_response")), rows)
     assert {r["id"]: r["reason"] for r in rejects} == {"v-1": "refused", "v-2": "empty_response"}
     assert [o["id"] for o in outputs] == ["v-0", "v-3"]  # a long answer that says sorry is still an answer
@@ -43,11 +61,18 @@ def test_responses_reject_refusals_empty_and_cut_off_answers(fresh_scripted):
 
 
 def test_a_cut_off_response_is_rejected_as_truncated(fresh_scripted):
-    cut = {"id": "c", "object": "chat.completion", "created": 0, "model": "scripted",
-           "choices": [{"index": 0, "message": {"role": "assistant", "content": "A p-value is the prob"}, "finish_reason": "length"}],
-           "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}
+    cut = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "scripted",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "A p-value is the prob"}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+    }
     fresh_scripted.script([{"match": "CUT_marker", "actions": [{"body": json.dumps(cut)}]}])
-    outputs, rejects = run_stage(fresh_scripted, lambda c: SurvivorResponse(c, load_prompt("subject_response")), [verified(5, "CUT_marker: explain p-values.")])
+    outputs, rejects = run_stage(
+        fresh_scripted, lambda c: SurvivorResponse(c, load_prompt("subject_response")), [verified(5, "CUT_marker: explain p-values.")]
+    )
     assert outputs == [] and [(r["reason"], r["raw_answer"]) for r in rejects] == [("truncated", "A p-value is the prob")]
 
 
@@ -65,7 +90,10 @@ def test_multiturn_builds_on_the_conversation_and_rejects_repeats(fresh_scripted
     fresh_scripted.script(
         [
             # A follow-up that repeats the first user turn: rejected as a repeated turn.
-            {"match": ["REPEAT_marker", "Write follow-up message"], "actions": [{"json": {"question": "REPEAT_marker: what is a p-value?"}}]},
+            {
+                "match": ["REPEAT_marker", "Write follow-up message"],
+                "actions": [{"json": {"question": "REPEAT_marker: what is a p-value?"}}],
+            },
             # Every answer must see the whole conversation: the first assistant turn is in its prompt.
             {"match": ["FIRST_ANSWER_marker", "Write follow-up message"], "name": "followup", "actions": [{"default": True}]},
         ]
@@ -94,7 +122,10 @@ def test_multiturn_builds_on_the_conversation_and_rejects_repeats(fresh_scripted
 def test_difficulty_scores_average_samples_and_keep_the_generation(fresh_scripted):
     fresh_scripted.script(
         [
-            {"match": "HARD_marker", "actions": [{"json": {"difficulty": 9, "rationale": "many steps"}}, {"json": {"difficulty": 8, "rationale": "x"}}]},
+            {
+                "match": "HARD_marker",
+                "actions": [{"json": {"difficulty": 9, "rationale": "many steps"}}, {"json": {"difficulty": 8, "rationale": "x"}}],
+            },
             {"match": "EASY_marker", "actions": [{"json": {"difficulty": 2, "rationale": "trivial"}}]},
             {"match": "BROKEN_marker", "actions": [{"content": "{not json"}]},
         ]

@@ -51,9 +51,7 @@ def test_messages_jsonl_takes_first_user_and_assistant_turns(store, tmp_path):
 
 def test_alpaca_parquet_and_sharegpt_jsonl_give_the_same_row(store, tmp_path):
     alpaca = tmp_path / "alpaca.parquet"
-    pq.write_table(
-        pa.table({"instruction": ["Sort the list."], "input": ["3, 1, 2"], "output": ["1, 2, 3"]}), alpaca
-    )
+    pq.write_table(pa.table({"instruction": ["Sort the list."], "input": ["3, 1, 2"], "output": ["1, 2, 3"]}), alpaca)
     sharegpt = write_jsonl(
         tmp_path / "sharegpt.jsonl.gz",
         [{"conversations": [{"from": "human", "value": "Sort the list.\n\n3, 1, 2"}, {"from": "gpt", "value": "1, 2, 3"}]}],
@@ -66,10 +64,14 @@ def test_alpaca_parquet_and_sharegpt_jsonl_give_the_same_row(store, tmp_path):
     assert a["instruction"] == "Sort the list.\n\n3, 1, 2"
     assert a["response"] == "1, 2, 3"
     assert a["id"] == b["id"]
-    assert a["messages"] == b["messages"] == [
-        {"role": "user", "content": "Sort the list.\n\n3, 1, 2"},
-        {"role": "assistant", "content": "1, 2, 3"},
-    ]
+    assert (
+        a["messages"]
+        == b["messages"]
+        == [
+            {"role": "user", "content": "Sort the list.\n\n3, 1, 2"},
+            {"role": "assistant", "content": "1, 2, 3"},
+        ]
+    )
 
 
 def test_bad_rows_are_rejected_with_reasons_and_nothing_is_lost(store, tmp_path):

@@ -71,5 +71,7 @@ def test_difficulty_before_and_after_by_generation():
     assert summary["after"] == {"mean": 7.0, "rows": 3}
     assert summary["by_generation"] == {"0": {"mean": 4.0, "rows": 2}, "1": {"mean": 6.0, "rows": 1}, "2": {"mean": 7.5, "rows": 2}}
     assert summary["change"] == 3.0
-    text = report_tables({"pool": {"tags_per_domain": tags_per_domain(POOL, DOMAINS), "network": network_summary(POOL)[0]}, "difficulty": summary})
+    text = report_tables(
+        {"pool": {"tags_per_domain": tags_per_domain(POOL, DOMAINS), "network": network_summary(POOL)[0]}, "difficulty": summary}
+    )
     assert "mathematics" in text and "no power-law fit" in text and "change +3.0" in text

@@ -78,7 +78,9 @@ def test_each_criterion_picks_the_rows_worked_out_by_hand():
 
 
 def test_thresholds_and_criteria_are_settings():
-    loose = select_seeds(pool(), FREQUENCY, SelectionSettings(long_tail_frequency=201, multi_skill_tags=3, criteria=("long_tail", "multi_skill")))
+    loose = select_seeds(
+        pool(), FREQUENCY, SelectionSettings(long_tail_frequency=201, multi_skill_tags=3, criteria=("long_tail", "multi_skill"))
+    )
     reasons = {r["id"]: r["selection_reasons"] for r in loose.selected.to_pylist()}
     assert reasons == {
         "r1": ["long_tail"], "r2": ["long_tail"], "r3": ["multi_skill"], "r4": ["multi_skill"], "r5": ["long_tail", "multi_skill"],

@@ -11,7 +11,7 @@ from infinisynth.llm import RoleConfig
 from infinisynth.prompts import load_prompt
 from infinisynth.shards import commit_stage, run_stage_shard
 from infinisynth.storage import Store
-from infinisynth.subject.pool import POOL_SCHEMA, PIPELINE
+from infinisynth.subject.pool import PIPELINE, POOL_SCHEMA
 from infinisynth.subject.tagging import PROMPT, TAGGED_SCHEMA, Tag, Tagging, TaggingSettings, clean_tags
 
 DS = "2026-03-01"
@@ -28,19 +28,30 @@ def pool_rows(*instructions: str) -> list[dict]:
 
 
 def role(server, mode: str = "json_schema") -> RoleConfig:
-    return RoleConfig(role="tagger", base_url=server.base_url, model="scripted", structured_output=mode, max_retries=0, max_invalid_retries=1)
+    return RoleConfig(
+        role="tagger", base_url=server.base_url, model="scripted", structured_output=mode, max_retries=0, max_invalid_retries=1
+    )
 
 
 @pytest.mark.parametrize("mode", ["json_schema", "json_object", "prompt"])
 def test_tags_are_cleaned_and_rows_accounted(fresh_scripted, tmp_path, mode):
     fresh_scripted.script(
         [
-            {"match": "Balance this redox equation", "actions": [{"json": {"tags": [
-                {"tag": " Redox  Reactions. ", "explanation": "oxidation states"},
-                {"tag": "\"stoichiometry\"", "explanation": "balancing coefficients"},
-                {"tag": "redox reactions", "explanation": "repeat, other case"},
-                {"tag": "this is a whole sentence that is not a tag at all", "explanation": "too long"},
-            ]}}]},
+            {
+                "match": "Balance this redox equation",
+                "actions": [
+                    {
+                        "json": {
+                            "tags": [
+                                {"tag": " Redox  Reactions. ", "explanation": "oxidation states"},
+                                {"tag": '"stoichiometry"', "explanation": "balancing coefficients"},
+                                {"tag": "redox reactions", "explanation": "repeat, other case"},
+                                {"tag": "this is a whole sentence that is not a tag at all", "explanation": "too long"},
+                            ]
+                        }
+                    }
+                ],
+            },
             {"match": "Say nothing", "actions": [{"json": {"tags": [{"tag": "   ", "explanation": "blank"}]}}]},
             {"match": "Garbage please", "actions": [{"content": "I cannot answer in JSON"}]},
             {"match": "Write a haiku", "actions": [{"json": {"tags": [{"tag": "poetry"}, {"tag": "haiku form"}]}}]},

@@ -33,7 +33,9 @@ VECTORS = {
     "haiku writing": 0.8 * E[4] + 0.6 * E[5],  # cos 0.8 to poetry (distance 0.63 > eps): its own tag
     # night two
     "python development": 0.97 * E[0] + np.sqrt(1 - 0.97**2) * E[6],  # merges into the known canonical
-    "graph theory": 0.5 * E[0] + 0.6 * E[3] + np.sqrt(1 - 0.61) * E[7],  # cos 0.78 to data structure: a new canonical, nearest the programming domain
+    "graph theory": 0.5 * E[0]
+    + 0.6 * E[3]
+    + np.sqrt(1 - 0.61) * E[7],  # cos 0.78 to data structure: a new canonical, nearest the programming domain
 }
 
 
@@ -124,7 +126,11 @@ def test_the_vocabulary_persists_and_new_tags_join_it(tmp_path):
     vocab = {r["tag"]: r for r in second.vocabulary.to_pylist()}
     before = {r["tag"]: r for r in first.vocabulary.to_pylist()}
     for tag, row in before.items():  # every known tag keeps its canonical and domain
-        assert (vocab[tag]["canonical"], vocab[tag]["domain"], vocab[tag]["first_seen_ds"]) == (row["canonical"], row["domain"], "2026-04-01")
+        assert (vocab[tag]["canonical"], vocab[tag]["domain"], vocab[tag]["first_seen_ds"]) == (
+            row["canonical"],
+            row["domain"],
+            "2026-04-01",
+        )
     assert vocab["python development"]["canonical"] == "python programming"
     assert vocab["graph theory"]["canonical"] == "graph theory"
     assert vocab["graph theory"]["domain"] == "python programming / data structure"
@@ -138,7 +144,9 @@ def test_the_vocabulary_persists_and_new_tags_join_it(tmp_path):
 
 def test_rebuild_derives_domains_afresh():
     first = normalize_pool(tagged(NIGHT_ONE), None, SETTINGS, HandEmbedder(), ds="2026-04-01")
-    again = normalize_pool(tagged(NIGHT_ONE), first.vocabulary, NormalizeSettings(noise_floor=1, domains=3, rebuild=True), HandEmbedder(), ds="2026-04-02")
+    again = normalize_pool(
+        tagged(NIGHT_ONE), first.vocabulary, NormalizeSettings(noise_floor=1, domains=3, rebuild=True), HandEmbedder(), ds="2026-04-02"
+    )
     domains = {r["tag"]: r["domain"] for r in again.vocabulary.to_pylist()}
     assert len(set(domains.values())) == 3
     assert domains["haiku writing"] != domains["python programming"]

@@ -17,7 +17,7 @@ import pytest
 
 from infinisynth.verify.gate import GateSettings, LocalGate
 from infinisynth.verify.linters import Checkstyle, ClangTidy, Pylint
-from infinisynth.verify.model import BINARY_CODE, CODE_TOO_LARGE, GATE_TOOL, LINT_OUTPUT_LIMIT, LINT_TIMEOUT, LintItem, LinterUnavailable
+from infinisynth.verify.model import BINARY_CODE, CODE_TOO_LARGE, GATE_TOOL, LINT_OUTPUT_LIMIT, LINT_TIMEOUT, LinterUnavailable, LintItem
 from infinisynth.verify.responses import NO_CODE, VERDICT_FIELDS, code_blocks, verify_responses
 
 
@@ -34,29 +34,59 @@ def gate() -> LocalGate:
 
 # (language, good code, bad code, tool and rule the bad code must draw)
 SAMPLES = [
-    ("python", "import os\n\n\ndef cwd():\n    return os.getcwd()\n", "def f():\n    return undefined_name\n", "pylint", "undefined-variable"),
+    (
+        "python",
+        "import os\n\n\ndef cwd():\n    return os.getcwd()\n",
+        "def f():\n    return undefined_name\n",
+        "pylint",
+        "undefined-variable",
+    ),
     ("python", "print([x * 2 for x in range(3)])\n", "def f(:\n    pass\n", "pylint", "syntax-error"),
     ("javascript", "const xs = [1, 2];\nconsole.log(xs.map((x) => x * 2));\n", "const a = 1;\nconsole.log(b);\n", "eslint", "no-undef"),
     ("javascript", "export function f(a) {\n  return a ?? 0;\n}\n", "function f( {\n}\n", "eslint", "parse-error"),
-    ("jsx", "export const App = () => <div className=\"x\">hi</div>;\n", "export const App = () => <div>hi</span>;\n", "eslint", "parse-error"),
+    (
+        "jsx",
+        'export const App = () => <div className="x">hi</div>;\n',
+        "export const App = () => <div>hi</span>;\n",
+        "eslint",
+        "parse-error",
+    ),
     ("typescript", "export function len(s: string): number {\n  return s.length;\n}\n", "const n: number = ;\n", "eslint", "parse-error"),
-    ("typescript", "interface P { x: number }\nexport const p: P = { x: 1 };\n", "export const v = missingThing + 1;\n", "eslint", "no-undef"),
+    (
+        "typescript",
+        "interface P { x: number }\nexport const p: P = { x: 1 };\n",
+        "export const v = missingThing + 1;\n",
+        "eslint",
+        "no-undef",
+    ),
     (
         "java",
         "import java.util.*;\npublic class Main {\n  public static void main(String[] args) {\n    List<Integer> xs = new ArrayList<>();\n    System.out.println(xs.size());\n  }\n}\n",
-        "public class Main {\n  public static void main(String[] args) {\n    int x = \"text\";\n  }\n}\n",
+        'public class Main {\n  public static void main(String[] args) {\n    int x = "text";\n  }\n}\n',
         "javac",
         "compiler.err.prob.found.req",
     ),
     (
         "java",
-        "class A { boolean same(String s) { return s.equals(\"x\"); } }\n",
-        "class A { boolean same(String s) { return s == \"x\"; } }\n",
+        'class A { boolean same(String s) { return s.equals("x"); } }\n',
+        'class A { boolean same(String s) { return s == "x"; } }\n',
         "checkstyle",
         "StringLiteralEquality",
     ),
-    ("c", "#include <stdio.h>\nint main(void) {\n  printf(\"hi\\n\");\n  return 0;\n}\n", "int main(void) {\n  return undeclared;\n}\n", "clang-tidy", "clang-diagnostic-error"),
-    ("c", "int half(int x) { return x / 2; }\n", "int f(void) {\n  int z = 0;\n  return 10 / z;\n}\n", "clang-tidy", "clang-analyzer-core.DivideZero"),
+    (
+        "c",
+        '#include <stdio.h>\nint main(void) {\n  printf("hi\\n");\n  return 0;\n}\n',
+        "int main(void) {\n  return undeclared;\n}\n",
+        "clang-tidy",
+        "clang-diagnostic-error",
+    ),
+    (
+        "c",
+        "int half(int x) { return x / 2; }\n",
+        "int f(void) {\n  int z = 0;\n  return 10 / z;\n}\n",
+        "clang-tidy",
+        "clang-analyzer-core.DivideZero",
+    ),
     (
         "cpp",
         "#include <vector>\nint main() {\n  std::vector<int> v{1, 2};\n  return static_cast<int>(v.size());\n}\n",
@@ -65,9 +95,21 @@ SAMPLES = [
         "clang-diagnostic-error",
     ),
     ("sql", "SELECT a, COUNT(*) FROM t WHERE a > 1 GROUP BY a;\n", "SELEC a FROM WHERE;\n", "sqlfluff", "PRS"),
-    ("go", "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(1) }\n", "package main\nfunc main() { fmt.Println(1 }\n", "tree-sitter", "missing"),
-    ("rust", "fn main() {\n    let v = vec![1, 2];\n    println!(\"{}\", v.len());\n}\n", "fn main() {\n    let v = ;\n}\n", "tree-sitter", "syntax-error"),
-    ("shell", "for f in *.txt; do\n  echo \"$f\"\ndone\n", "if [ -f x ]; then\n  echo yes\n", "tree-sitter", "missing"),
+    (
+        "go",
+        'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println(1) }\n',
+        "package main\nfunc main() { fmt.Println(1 }\n",
+        "tree-sitter",
+        "missing",
+    ),
+    (
+        "rust",
+        'fn main() {\n    let v = vec![1, 2];\n    println!("{}", v.len());\n}\n',
+        "fn main() {\n    let v = ;\n}\n",
+        "tree-sitter",
+        "syntax-error",
+    ),
+    ("shell", 'for f in *.txt; do\n  echo "$f"\ndone\n', "if [ -f x ]; then\n  echo yes\n", "tree-sitter", "missing"),
 ]
 
 
@@ -106,8 +148,8 @@ def test_disable_comments_and_inline_config_do_not_switch_the_gate_off(gate):
         LintItem("js-global", "javascript", "/* global undefinedG */\nundefinedG();\n"),
         LintItem("ts-disable", "typescript", "// eslint-disable-next-line no-undef\nundefinedH();\n"),
         LintItem("c-nolint", "c", "int f(void) {\n  int z = 0;\n  return 10 / z; // NOLINT\n}\n"),
-        LintItem("c-pragma", "c", "#pragma clang diagnostic ignored \"-Wimplicit-function-declaration\"\nint main(void) { return g(); }\n"),
-        LintItem("java-off", "java", "// CHECKSTYLE:OFF\n@SuppressWarnings(\"all\")\nclass A { boolean b(String s) { return s == \"x\"; } }\n"),
+        LintItem("c-pragma", "c", '#pragma clang diagnostic ignored "-Wimplicit-function-declaration"\nint main(void) { return g(); }\n'),
+        LintItem("java-off", "java", '// CHECKSTYLE:OFF\n@SuppressWarnings("all")\nclass A { boolean b(String s) { return s == "x"; } }\n'),
         LintItem("sql-noqa", "sql", "SELEC a FROM t; -- noqa\n"),
         LintItem("sql-inline", "sql", "-- sqlfluff:templater:python\n-- sqlfluff:dialect:mysql\nSELEC a FROM t;\n"),
     ]
@@ -163,9 +205,17 @@ def test_generated_code_is_never_executed(gate, tmp_path):
         LintItem("rmtree", "python", f"import shutil\nshutil.rmtree({str(victim)!r})\n"),
         LintItem("system", "python", f"import os\nos.system('rm -rf {victim}')\nopen({str(pwned)!r}, 'w').write('ran')\n"),
         LintItem("import-time", "python", f"import subprocess\nsubprocess.run(['rm', '-rf', {str(victim)!r}], check=False)\n"),
-        LintItem("js", "javascript", f"const cp = require('child_process');\ncp.execSync('rm -rf {victim}');\nrequire('fs').writeFileSync('{pwned}', 'ran');\n"),
-        LintItem("c", "c", f"#include <stdlib.h>\nint main(void) {{ return system(\"rm -rf {victim}\"); }}\n"),
-        LintItem("java", "java", f"class A {{ static {{ try {{ Runtime.getRuntime().exec(\"rm -rf {victim}\"); }} catch (Exception e) {{ }} }} }}\n"),
+        LintItem(
+            "js",
+            "javascript",
+            f"const cp = require('child_process');\ncp.execSync('rm -rf {victim}');\nrequire('fs').writeFileSync('{pwned}', 'ran');\n",
+        ),
+        LintItem("c", "c", f'#include <stdlib.h>\nint main(void) {{ return system("rm -rf {victim}"); }}\n'),
+        LintItem(
+            "java",
+            "java",
+            f'class A {{ static {{ try {{ Runtime.getRuntime().exec("rm -rf {victim}"); }} catch (Exception e) {{ }} }} }}\n',
+        ),
         LintItem("shell", "shell", f"rm -rf {victim}\ntouch {pwned}\n"),
         LintItem("sql", "sql", "DROP TABLE users;\n"),
     ]
@@ -183,7 +233,7 @@ def test_oversized_binary_and_non_utf8_code_fail_with_the_reason_and_the_rest_st
         LintItem("binary", "c", bytes(range(256)) * 4),
         LintItem("nul", "javascript", "const a = 1;\x00\x01\x02"),
         LintItem("surrogate", "python", "print('\ud800')\n"),
-        LintItem("utf8-bytes", "python", "print('caf\xe9')\n".encode("utf-8")),
+        LintItem("utf8-bytes", "python", "print('caf\xe9')\n".encode()),
         LintItem("ok", "python", "print(1)\n"),
     ]
     results = check(gate, items)
@@ -215,11 +265,11 @@ def test_path_tricks_never_become_file_names_or_leak_host_files(gate, tmp_path):
     items = [
         LintItem("../../../../tmp/evil.py", "python", "print(1)\n"),
         LintItem("/etc/passwd", "javascript", "console.log(1);\n"),
-        LintItem("inc-rel", "c", "#include \"../../../../../../etc/passwd\"\nint main(void) { return 0; }\n"),
+        LintItem("inc-rel", "c", '#include "../../../../../../etc/passwd"\nint main(void) { return 0; }\n'),
         LintItem("inc-abs", "cpp", "#include </etc/passwd>\nint main() { return 0; }\n"),
-        LintItem("inc-digraph", "c", "%:include \"/etc/passwd\"\nint main(void) { return 0; }\n"),
-        LintItem("inc-macro", "c", "#define P \"/etc/passwd\"\n#include P\nint main(void) { return 0; }\n"),
-        LintItem("embed", "c", "const char d[] = {\n#embed \"/etc/shadow\"\n};\n"),
+        LintItem("inc-digraph", "c", '%:include "/etc/passwd"\nint main(void) { return 0; }\n'),
+        LintItem("inc-macro", "c", '#define P "/etc/passwd"\n#include P\nint main(void) { return 0; }\n'),
+        LintItem("embed", "c", 'const char d[] = {\n#embed "/etc/shadow"\n};\n'),
         LintItem("java-pkg", "java", "package etc.passwd;\npublic class Evil { }\n"),
     ]
     results = check(gate, items)
@@ -235,7 +285,7 @@ def test_path_tricks_never_become_file_names_or_leak_host_files(gate, tmp_path):
     # Fence info strings are read as a language word, never as a path.
     responses = [
         ("```../../../tmp/evil_fence.py\nprint(1)\n```\n", "python"),
-        ("```python title=\"../../x.py\" file=/etc/passwd\nprint(undefined)\n```\n", "python"),
+        ('```python title="../../x.py" file=/etc/passwd\nprint(undefined)\n```\n', "python"),
     ]
     blocks = code_blocks(responses[1][0])
     assert blocks[0][0] == "python"
@@ -250,7 +300,12 @@ def test_a_flooding_sample_fails_alone_and_the_rest_of_the_batch_gets_verdicts()
     # 4,000 undefined names: pylint writes about a megabyte of findings for this one file.
     flood = "\n".join(f"print(undefined_{i})" for i in range(4000)) + "\n"
     gate = LocalGate(GateSettings(workers=1, max_output_bytes=32 * 1024, max_output_per_file=8 * 1024))
-    items = [LintItem("a", "python", "print(1)\n"), LintItem("flood", "python", flood), LintItem("b", "python", "print(nope)\n"), LintItem("c", "python", "x = 2\n")]
+    items = [
+        LintItem("a", "python", "print(1)\n"),
+        LintItem("flood", "python", flood),
+        LintItem("b", "python", "print(nope)\n"),
+        LintItem("c", "python", "x = 2\n"),
+    ]
     results = check(gate, items)
     assert results["flood"].gate_reason == LINT_OUTPUT_LIMIT and not results["flood"].passed
     assert "pylint" in results["flood"].findings[0].message
@@ -288,9 +343,9 @@ def test_unknown_language_is_a_clear_error(gate):
 def test_a_missing_linter_is_a_setup_error_naming_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no java, checkstyle or clang-tidy
     with pytest.raises(LinterUnavailable, match="apt-get install checkstyle"):
-        Checkstyle().version
+        _ = Checkstyle().version
     with pytest.raises(LinterUnavailable, match="apt-get install clang-tidy"):
-        ClangTidy().version
+        _ = ClangTidy().version
     gate = LocalGate(linters={"java": [Checkstyle()]})
     with pytest.raises(LinterUnavailable, match="make setup"):
         asyncio.run(gate.check([LintItem("x", "java", "class A {}")]))
@@ -306,7 +361,9 @@ def test_the_fingerprint_changes_with_the_limits_and_names_the_tools():
 
 
 def test_a_response_passes_only_if_every_block_passes(gate):
-    two_good = "Here:\n\n```python\ndef f(x):\n    return x + 1\n```\n\na usage example\n\n```python\nimport math\nprint(math.sqrt(4))\n```\n"
+    two_good = (
+        "Here:\n\n```python\ndef f(x):\n    return x + 1\n```\n\na usage example\n\n```python\nimport math\nprint(math.sqrt(4))\n```\n"
+    )
     one_bad = "```python\ndef f(x):\n    return x + 1\n```\n\n```js\nconsole.log(missingName);\n```\n"
     output_blocks = "```python\nprint(2 + 2)\n```\n\nOutput:\n\n```\n4\n```\n\n```text\nwhatever ( { [\n```\n"
     verdicts = asyncio.run(verify_responses(gate, [(two_good, "python"), (one_bad, "python"), (output_blocks, "python")]))
@@ -326,7 +383,16 @@ def test_a_block_may_use_names_an_earlier_block_of_the_response_defines(gate):
     javascript = "```js\nfunction total(xs) {\n  return xs.reduce((a, b) => a + b, 0);\n}\n```\n\n```js\nconsole.log(total([1]));\n```\n"
     other_language = "```js\nfunction total(xs) { return xs.length; }\n```\n\n```python\nprint(total([1]))\n```\n"
     verdicts = asyncio.run(
-        verify_responses(gate, [(solution_then_usage, "python"), (usage_with_a_typo, "python"), (usage_first, "python"), (javascript, "javascript"), (other_language, "python")])
+        verify_responses(
+            gate,
+            [
+                (solution_then_usage, "python"),
+                (usage_with_a_typo, "python"),
+                (usage_first, "python"),
+                (javascript, "javascript"),
+                (other_language, "python"),
+            ],
+        )
     )
     assert verdicts[0].passed and verdicts[3].passed
     ((block, finding),) = verdicts[1].findings
@@ -362,7 +428,13 @@ def test_verdict_columns_round_trip_through_parquet(gate, tmp_path):
     pq.write_table(pa.Table.from_pylist([v.columns() for v in verdicts], schema=schema), tmp_path / "v.parquet")
     rows = pq.read_table(tmp_path / "v.parquet").to_pylist()
     assert rows[0]["lint_passed"] is False and rows[0]["lint_reason"] == "lint_error"
-    assert rows[0]["lint_findings"][0] | {"message": ""} == {"block": 0, "tool": "pylint", "rule": "undefined-variable", "line": 1, "message": ""}
+    assert rows[0]["lint_findings"][0] | {"message": ""} == {
+        "block": 0,
+        "tool": "pylint",
+        "rule": "undefined-variable",
+        "line": 1,
+        "message": "",
+    }
     assert rows[1]["lint_passed"] is True and rows[1]["lint_findings"] == []
     assert {t["tool"] for t in rows[1]["lint_tools"]} == {"pylint"} and json.dumps(rows[1]["lint_tools"])
     assert os.path.getsize(tmp_path / "v.parquet") > 0
@@ -377,7 +449,15 @@ def test_the_verify_stage_passes_rejects_and_counts_per_language(gate, tmp_path)
     from infinisynth.stages.verify import VERIFIED_SCHEMA, StaticVerification, VerifySettings, discard_rates, run_verify_shard
 
     def row(n: int, lang: str, response: str) -> dict:
-        return {"id": f"r{n}", "parent_ids": [], "origin": "reverse", "lang": lang, "problem": "p", "response": response, "provenance": "{}"}
+        return {
+            "id": f"r{n}",
+            "parent_ids": [],
+            "origin": "reverse",
+            "lang": lang,
+            "problem": "p",
+            "response": response,
+            "provenance": "{}",
+        }
 
     rows = [
         row(0, "python", "```python\nprint(1)\n```"),
@@ -398,7 +478,10 @@ def test_the_verify_stage_passes_rejects_and_counts_per_language(gate, tmp_path)
     result = run_verify_shard(store, "test", "2026-01-01", 0, rows, StaticVerification(gate))
     assert (result["rows_in"], result["output"]["rows"], result["rejected"]["rows"]) == (4, 2, 2)
     assert result["rejected_by_reason"] == {"lint_error": 1, "no_code": 1}
-    assert discard_rates([result, result]) == {"javascript": {"in": 4, "failed": 2, "rate": 0.5}, "python": {"in": 4, "failed": 2, "rate": 0.5}}
+    assert discard_rates([result, result]) == {
+        "javascript": {"in": 4, "failed": 2, "rate": 0.5},
+        "python": {"in": 4, "failed": 2, "rate": 0.5},
+    }
 
     # Switched off: every row passes, marked as not checked.
     unchecked = asyncio.run(StaticVerification(gate, VerifySettings(enabled=False)).process_many(rows))

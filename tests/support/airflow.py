@@ -23,9 +23,7 @@ class AirflowHome:
     env: dict[str, str]
 
     def run(self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [AIRFLOW, *args], env={**self.env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout
-        )
+        return subprocess.run([AIRFLOW, *args], env={**self.env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
 
     def dags_test(self, dag_id: str, ds: str, conf: dict[str, Any], extra_env: dict[str, str], timeout: float = 600) -> str:
         """Run a whole DAG in-process for ``ds``; return its output, failing loudly if the run failed."""
@@ -43,7 +41,7 @@ def make_airflow_home(directory: Path) -> AirflowHome:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+        "PYTHONPATH": str(REPO),
     }
     home = AirflowHome(env)
     for args in (("db", "migrate"), ("pools", "set", "llm", "4", "model calls")):

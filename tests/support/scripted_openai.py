@@ -168,7 +168,11 @@ def completion(body: dict[str, Any], prompt: str, content: str) -> dict[str, Any
         "created": 0,
         "model": body.get("model", "scripted"),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -200,7 +204,11 @@ def text_completion(body: dict[str, Any], prompt: str, action: dict[str, Any]) -
         "created": 0,
         "model": body.get("model", "scripted"),
         "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "length"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -240,7 +248,9 @@ def fill(schema: dict[str, Any], root: dict[str, Any], seed: str) -> Any:
         return schema["const"]
     kind = schema.get("type", "object")
     if kind == "object":
-        return {name: fill(sub, root, hashlib.sha256((seed + name).encode()).hexdigest()) for name, sub in schema.get("properties", {}).items()}
+        return {
+            name: fill(sub, root, hashlib.sha256((seed + name).encode()).hexdigest()) for name, sub in schema.get("properties", {}).items()
+        }
     if kind == "array":
         count = max(int(schema.get("minItems", 0)), min(3, int(schema.get("maxItems", 3))))
         return [fill(schema.get("items", {}), root, hashlib.sha256(f"{seed}{i}".encode()).hexdigest()) for i in range(count)]

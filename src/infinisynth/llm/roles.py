@@ -1,0 +1,55 @@
+"""Per-role endpoint settings. Every LLM call names a role; each role is configured separately."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+# generator writes problems and responses; judge scores; tagger tags; oracle checks and diagnoses;
+# base scores losses through a completions endpoint; target is the model under diagnosis.
+ROLES = ("generator", "judge", "tagger", "oracle", "base", "target")
+
+StructuredMode = Literal["json_schema", "json_object", "prompt"]
+
+
+class RoleConfig(BaseModel):
+    """How to reach one role's model, and how hard to push it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: str
+    base_url: str
+    model: str
+    api_key: SecretStr = SecretStr("sk-no-key-required")
+    # OpenAI: json_schema; llama.cpp's server: json_object (with a schema); anything else: prompt.
+    structured_output: StructuredMode = "json_schema"
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(1024, gt=0)
+    max_concurrency: int = Field(8, gt=0)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0)  # transport: 429, 5xx, timeouts, dropped connections
+    max_invalid_retries: int = Field(2, ge=0)  # answers that do not validate
+    seed: int | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def with_overrides(self, **overrides: Any) -> RoleConfig:
+        """A copy with the given (non-None) settings replaced, validated again."""
+        values = self.model_dump()
+        values["api_key"] = self.api_key
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return RoleConfig(**values)
+
+    def generation_config(self) -> dict[str, Any]:
+        """Everything of this role that decides what an answer is: part of every stage's cache key."""
+        return self.model_dump(include={"model", "structured_output", "temperature", "max_tokens", "seed", "max_invalid_retries"})
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings fit for logs, XCom and manifests: no API key."""
+        return self.model_dump(exclude={"api_key"})

@@ -1,0 +1,235 @@
+"""Run a model-calling stage over one shard: bounded concurrency, progress, checkpoints, outcomes.
+
+Every input row ends in exactly one outcome: :class:`Passed` (one or more output rows) or
+:class:`Rejected` (a reason). Finished outcomes are saved to the shard's checkpoint as they
+complete, keyed by the row's id *and* the stage's cache key (prompt version, model, settings), so a
+killed or retried task pays only for rows that had not finished, and a changed prompt or model
+never reuses an old answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from infinisynth.llm import LLMRejection, UsageMeter
+from infinisynth.records import REJECTED_SCHEMA, canonical_json
+from infinisynth.stages.base import Outcome, Passed, Rejected, Stage, rejected_row
+from infinisynth.storage import Store, is_local
+
+log = logging.getLogger(__name__)
+
+
+_CHECKPOINT_SCHEMA = pa.schema([("key", pa.string()), ("outcome", pa.string())])
+
+
+class Checkpoint:
+    """Finished outcomes of one shard, appended in small Parquet chunks under the work dir."""
+
+    def __init__(self, store: Store, directory: str):
+        self.store = store
+        self.directory = directory
+
+    def load(self) -> tuple[dict[str, Outcome], dict[str, dict[str, int]]]:
+        """Outcomes by key, and the token usage the earlier attempts spent on them."""
+        outcomes: dict[str, Outcome] = {}
+        usage = UsageMeter()
+        try:
+            paths = sorted(self.store.fs.ls(self.directory, detail=False))
+        except FileNotFoundError:
+            return outcomes, {}
+        for path in paths:
+            if not path.endswith(".parquet"):
+                continue
+            try:
+                with self.store.fs.open(path, "rb") as fh:
+                    table = pq.read_table(fh)
+            except (pa.ArrowInvalid, OSError) as exc:
+                # A chunk cut short by a kill is worth nothing; its rows are simply done again.
+                log.warning("ignoring unreadable checkpoint chunk %s (%s)", path, exc)
+                continue
+            meta = table.schema.metadata or {}
+            if b"usage" in meta:
+                usage.merge(json.loads(meta[b"usage"]))
+            for key, text in zip(table.column("key").to_pylist(), table.column("outcome").to_pylist()):
+                outcomes[key] = _outcome_from_json(text)
+        return outcomes, usage.snapshot()
+
+    def save(self, done: Sequence[tuple[str, Outcome]], usage: dict[str, dict[str, int]]) -> None:
+        if not done:
+            return
+        table = pa.table(
+            {"key": [k for k, _ in done], "outcome": [_outcome_to_json(o) for _, o in done]},
+            schema=_CHECKPOINT_SCHEMA.with_metadata({"usage": json.dumps(usage)}),
+        )
+        self.store.fs.makedirs(self.directory, exist_ok=True)
+        name = f"chunk-{time.time_ns()}-{uuid.uuid4().hex[:6]}.parquet"
+        tmp = posixpath.join(self.directory, f".{name}.tmp")
+        final = posixpath.join(self.directory, name)
+        with self.store.fs.open(tmp if is_local(self.store.fs) else final, "wb") as fh:
+            pq.write_table(table, fh)
+        if is_local(self.store.fs):
+            self.store.fs.mv(tmp, final)
+
+    def clear(self) -> None:
+        if self.store.fs.exists(self.directory):
+            self.store.fs.rm(self.directory, recursive=True)
+
+
+@dataclass
+class ShardRun:
+    """Outcomes in input order, plus what the run cost and how much came from the checkpoint."""
+
+    outcomes: list[tuple[dict[str, Any], Outcome]]
+    resumed: int = 0
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+async def run_shard(
+    stage: Stage,
+    rows: Sequence[dict[str, Any]],
+    *,
+    usage: UsageMeter,
+    checkpoint: Checkpoint | None = None,
+    concurrency: int = 16,
+    flush_rows: int = 25,
+    flush_seconds: float = 10.0,
+    label: str = "",
+    progress_seconds: float = 15.0,
+) -> ShardRun:
+    """Process ``rows`` with at most ``concurrency`` in flight; checkpoint as they finish."""
+    label = label or stage.name
+    keys = [f"{row['id']}:{stage.cache_key(row)}" for row in rows]
+    saved, earlier_usage = checkpoint.load() if checkpoint else ({}, {})
+    results: dict[str, Outcome] = {k: saved[k] for k in keys if k in saved}
+    todo = [(k, row) for k, row in zip(keys, rows) if k not in results]
+    if results:
+        log.info("%s: resuming, %d of %d rows already done in an earlier attempt", label, len(results), len(rows))
+
+    pending: list[tuple[str, Outcome]] = []
+    usage_at_flush = usage.snapshot()
+    last_flush = last_report = time.monotonic()
+    started = time.monotonic()
+    finished = 0
+
+    def flush(force: bool = False) -> None:
+        nonlocal pending, usage_at_flush, last_flush
+        if checkpoint is None or not pending:
+            return
+        if not force and len(pending) < flush_rows and time.monotonic() - last_flush < flush_seconds:
+            return
+        now_usage = usage.snapshot()
+        checkpoint.save(pending, _usage_delta(now_usage, usage_at_flush))
+        pending, usage_at_flush, last_flush = [], now_usage, time.monotonic()
+
+    async def one(key: str, row: dict[str, Any]) -> None:
+        nonlocal finished, last_report
+        outcome = await _guarded(stage.process, row)
+        results[key] = outcome
+        pending.append((key, outcome))
+        finished += 1
+        flush()
+        if time.monotonic() - last_report >= progress_seconds:
+            last_report = time.monotonic()
+            _report(label, len(results), len(rows), results.values(), finished, started, usage)
+
+    # A bounded window of tasks, not one per row: memory stays flat on large shards.
+    queue = iter(todo)
+    try:
+        running: set[asyncio.Task[None]] = set()
+        for key, row in queue:
+            running.add(asyncio.create_task(one(key, row)))
+            if len(running) >= concurrency:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+        if running:
+            for task in await asyncio.gather(*running, return_exceptions=True):
+                if isinstance(task, BaseException):
+                    raise task
+    finally:
+        flush(force=True)  # whatever finished survives a crash of the rest
+
+    _report(label, len(results), len(rows), results.values(), finished, started, usage)
+    total_usage = UsageMeter()
+    total_usage.merge(earlier_usage)
+    total_usage.merge(usage.snapshot())
+    return ShardRun(
+        outcomes=[(row, results[k]) for k, row in zip(keys, rows)],
+        resumed=len(rows) - len(todo),
+        usage=total_usage.snapshot(),
+    )
+
+
+async def _guarded(process: Callable[[dict[str, Any]], Awaitable[Outcome]], row: dict[str, Any]) -> Outcome:
+    try:
+        return await process(row)
+    except LLMRejection as rejection:
+        return Rejected(rejection.reason, rejection.detail, rejection.raw_answer)
+
+
+def split_outcomes(stage: str, run: ShardRun) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(output rows, rejected rows) of a shard, in input order, outputs deduplicated by id."""
+    outputs: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for row, outcome in run.outcomes:
+        if isinstance(outcome, Rejected):
+            rejects.append(rejected_row(stage, row, outcome))
+            continue
+        for out in outcome.rows:
+            if out["id"] not in seen:
+                seen.add(out["id"])
+                outputs.append(out)
+    return outputs, rejects
+
+
+def rejected_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA)
+
+
+def _report(label: str, done: int, total: int, outcomes: Any, finished: int, started: float, usage: UsageMeter) -> None:
+    rejected = sum(isinstance(o, Rejected) for o in outcomes)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    tokens = sum(u["total_tokens"] for u in usage.snapshot().values())
+    log.info(
+        "%s: %d/%d rows (%.0f%%), %d rejected, %.1f rows/s, %d tokens so far",
+        label,
+        done,
+        total,
+        100.0 * done / max(total, 1),
+        rejected,
+        finished / elapsed,
+        tokens,
+    )
+
+
+def _usage_delta(now: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    delta = {}
+    for key, values in now.items():
+        prior = before.get(key, {})
+        delta[key] = {k: v - prior.get(k, 0) for k, v in values.items() if k != "total_tokens"}
+    return delta
+
+
+def _outcome_to_json(outcome: Outcome) -> str:
+    if isinstance(outcome, Passed):
+        return canonical_json({"passed": outcome.rows})
+    return canonical_json({"rejected": asdict(outcome)})
+
+
+def _outcome_from_json(text: str) -> Outcome:
+    body = json.loads(text)
+    if "passed" in body:
+        return Passed(body["passed"])
+    return Rejected(**body["rejected"])
