@@ -117,18 +117,14 @@ def test_changed_prompt_does_not_reuse_checkpointed_answers(tmp_path, monkeypatc
 
     config = RoleConfig(role="generator", base_url="http://127.0.0.1:9/v1", model="m")
     client = LLMClient(config)
-    original = load_prompt("reverse_construction")
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     text = (REPO / "include/prompts/reverse_construction.toml").read_text()
     (prompts / "reverse_construction.toml").write_text(text + "\n# edited\n")
-    edited = load_prompt("reverse_construction", str(prompts))
     row = seed_rows().to_pylist()[0]
-    assert original.version != edited.version
-    assert ReverseConstruction(client, original).cache_key(row) != ReverseConstruction(client, edited).cache_key(row)
-    assert ReverseConstruction(client, original).cache_key(row) == ReverseConstruction(client, original).cache_key(row)
+    assert load_prompt("reverse_construction").version != load_prompt("reverse_construction", str(prompts)).version
+    assert ReverseConstruction(client).cache_key(row) != ReverseConstruction(client, prompt_dir=str(prompts)).cache_key(row)
+    assert ReverseConstruction(client).cache_key(row) == ReverseConstruction(client).cache_key(row)
     changed_model = LLMClient(config.with_overrides(model="other"))
-    assert ReverseConstruction(changed_model, original).cache_key(row) != ReverseConstruction(client, original).cache_key(row)
-    assert ReverseConstruction(client, original, ReverseSettings(problems_per_seed=2)).cache_key(row) != ReverseConstruction(
-        client, original
-    ).cache_key(row)
+    assert ReverseConstruction(changed_model).cache_key(row) != ReverseConstruction(client).cache_key(row)
+    assert ReverseConstruction(client, ReverseSettings(problems_per_seed=2)).cache_key(row) != ReverseConstruction(client).cache_key(row)

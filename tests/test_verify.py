@@ -446,7 +446,8 @@ def test_verdict_columns_round_trip_through_parquet(gate, tmp_path):
 def test_the_verify_stage_passes_rejects_and_counts_per_language(gate, tmp_path):
     from infinisynth.runner import Passed, Rejected
     from infinisynth.settings import store_for
-    from infinisynth.stages.verify import VERIFIED_SCHEMA, StaticVerification, VerifySettings, discard_rates, run_verify_shard
+    from infinisynth.shards import run_batch_shard
+    from infinisynth.stages.verify import VERIFIED_SCHEMA, StaticVerification, discard_rates
 
     def row(n: int, lang: str, response: str) -> dict:
         return {
@@ -465,7 +466,7 @@ def test_the_verify_stage_passes_rejects_and_counts_per_language(gate, tmp_path)
         row(2, "javascript", "Just call it."),
         row(3, "javascript", "```js\nconsole.log([1].map((x) => x + 1));\n```"),
     ]
-    outcomes = asyncio.run(StaticVerification(gate).process_many(rows))
+    outcomes = asyncio.run(StaticVerification(gate).process_batch(rows))
     assert [type(o) for o in outcomes] == [Passed, Rejected, Rejected, Passed]
     assert (outcomes[1].reason, outcomes[2].reason) == ("lint_error", "no_code")
     assert outcomes[1].evidence["lint_findings"][0]["rule"] == "undefined-variable"
@@ -475,7 +476,7 @@ def test_the_verify_stage_passes_rejects_and_counts_per_language(gate, tmp_path)
 
     # A shard written like any stage's, with per-language counts for the funnel.
     store = store_for(f"file://{tmp_path}")
-    result = run_verify_shard(store, "test", "2026-01-01", 0, rows, StaticVerification(gate))
+    result = run_batch_shard(store, "test", "2026-01-01", 0, rows, StaticVerification(gate)).to_dict()
     assert (result["rows_in"], result["output"]["rows"], result["rejected"]["rows"]) == (4, 2, 2)
     assert result["rejected_by_reason"] == {"lint_error": 1, "no_code": 1}
     assert discard_rates([result, result]) == {
@@ -484,6 +485,6 @@ def test_the_verify_stage_passes_rejects_and_counts_per_language(gate, tmp_path)
     }
 
     # Switched off: every row passes, marked as not checked.
-    unchecked = asyncio.run(StaticVerification(gate, VerifySettings(enabled=False)).process_many(rows))
+    unchecked = asyncio.run(StaticVerification(gate, enabled=False).process_batch(rows))
     assert all(isinstance(o, Passed) and o.rows[0]["lint_passed"] is None and o.rows[0]["lint_reason"] == "not_checked" for o in unchecked)
     pa.Table.from_pylist([o.rows[0] for o in unchecked], schema=VERIFIED_SCHEMA)  # the schema holds them

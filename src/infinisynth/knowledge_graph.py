@@ -351,22 +351,11 @@ def load_graph(store: Store, pipeline: str, ds: str) -> nx.Graph:
 
 def latest_graph_before(store: Store, pipeline: str, ds: str) -> nx.Graph | None:
     """The newest committed graph with a date before ``ds``, or None (the first night)."""
-    root = posixpath.join(store.root, pipeline, NODES_STAGE)
-    store.fs.invalidate_cache(root)
-    try:
-        entries = store.fs.ls(root, detail=False)
-    except FileNotFoundError:
-        return None
-    dates = sorted(
-        (name[3:] for name in map(posixpath.basename, entries) if name.startswith("ds=") and name[3:] < ds),
-        reverse=True,
-    )
-    for date in dates:
-        if store.partition(pipeline, NODES_STAGE, date).exists():
-            try:
-                return load_graph(store, pipeline, date)
-            except PartitionNotFound:
-                log.warning("knowledge graph of %s has nodes but no edges; trying an older one", date)
+    for date in store.committed_dates(pipeline, NODES_STAGE, before=ds):
+        try:
+            return load_graph(store, pipeline, date)
+        except PartitionNotFound:
+            log.warning("knowledge graph of %s has nodes but no edges; trying an older one", date)
     return None
 
 

@@ -20,7 +20,8 @@ import pyarrow as pa
 from infinisynth.llm import LLMClient, RoleConfig, UsageMeter
 from infinisynth.llm.usage import format_table
 from infinisynth.records import REJECTED_SCHEMA
-from infinisynth.runner import Checkpoint, Stage, run_shard, split_outcomes
+from infinisynth.runner import Checkpoint, ShardRun, run_shard, split_outcomes
+from infinisynth.stages.base import BatchStage, Stage
 from infinisynth.storage import DataFile, Store
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,11 @@ class ShardResult:
     shard: int
     rows_in: int
     output: dict[str, Any]  # DataFile as a dict
-    rejected: dict[str, Any]
+    rejected: dict[str, Any] | None = None  # no file: nothing rejected in this shard
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
     resumed: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)  # a batch step's own counts (e.g. per language)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,33 +76,39 @@ def run_stage_shard(
             return stage, run
 
     stage, run = asyncio.run(go())
+    result = _write_outcomes(store, pipeline, stage_name, ds, shard, run, stage.schema)
+    log.info("%s.%s shard %d model usage this attempt:\n%s", pipeline, stage_name, shard, usage.table())
+    return result
+
+
+def _write_outcomes(store: Store, pipeline: str, stage_name: str, ds: str, shard: int, run: ShardRun, schema: pa.Schema) -> ShardResult:
+    """A shard's output and rejected rows as data files nobody sees until the stage commits."""
     outputs, rejects = split_outcomes(stage_name, run)
-    output_file = store.partition(pipeline, stage_name, ds).write_table(
-        shard, pa.Table.from_pylist(outputs, schema=stage.schema), stage.schema
-    )
+    output_file = store.partition(pipeline, stage_name, ds).write_table(shard, pa.Table.from_pylist(outputs, schema=schema), schema)
     rejected_file = store.rejected(pipeline, stage_name, ds).write_table(
         shard, pa.Table.from_pylist(rejects, schema=REJECTED_SCHEMA), REJECTED_SCHEMA
     )
-    result = ShardResult(
+    by_reason = dict(Counter(r["reason"] for r in rejects))
+    log.info("%s.%s shard %d: %d in, %d out, %d rejected %s", pipeline, stage_name, shard, len(run.outcomes), len(outputs), len(rejects), by_reason or "")
+    return ShardResult(
         shard=shard,
-        rows_in=len(rows),
+        rows_in=len(run.outcomes),
         output=output_file.to_dict(),
         rejected=rejected_file.to_dict(),
-        rejected_by_reason=dict(Counter(r["reason"] for r in rejects)),
+        rejected_by_reason=by_reason,
         usage=run.usage,
         resumed=run.resumed,
     )
-    log.info(
-        "%s.%s shard %d: %d in, %d out, %d rejected %s; model usage this attempt:\n%s",
-        pipeline,
-        stage_name,
-        shard,
-        len(rows),
-        len(outputs),
-        len(rejects),
-        result.rejected_by_reason or "",
-        usage.table(),
-    )
+
+
+def run_batch_shard(store: Store, pipeline: str, ds: str, shard: int, rows: Sequence[dict[str, Any]], stage: BatchStage) -> ShardResult:
+    """Run a batch step over one shard in one call; write (uncommitted) output and rejected files."""
+    outcomes = asyncio.run(stage.process_batch(rows))
+    if len(outcomes) != len(rows):
+        raise AccountingError(f"{pipeline}.{stage.name} shard {shard}: {len(outcomes)} outcomes for {len(rows)} rows")
+    run = ShardRun(outcomes=list(zip(rows, outcomes)))
+    result = _write_outcomes(store, pipeline, stage.name, ds, shard, run, stage.schema)
+    result.stats = stage.shard_stats(rows, outcomes)
     return result
 
 
@@ -124,7 +132,7 @@ def commit_stage(
         no_rejects = store.rejected(pipeline, stage_name, ds).write_table(0, REJECTED_SCHEMA.empty_table(), REJECTED_SCHEMA)
         results = [ShardResult(shard=0, rows_in=0, output=empty.to_dict(), rejected=no_rejects.to_dict())]
     rows_in = sum(r.rows_in for r in results)
-    rejected = sum(r.rejected["rows"] for r in results)
+    rejected = sum(r.rejected["rows"] for r in results if r.rejected)
     out = sum(r.output["rows"] for r in results)
     by_reason: Counter[str] = Counter()
     usage = UsageMeter()
@@ -146,7 +154,9 @@ def commit_stage(
         "usage": usage.snapshot(),
     }
     manifest_meta = {"pipeline": pipeline, "stage": stage_name, "ds": ds, "funnel": funnel, **(meta or {})}
-    store.rejected(pipeline, stage_name, ds).commit([DataFile.from_dict(r.rejected) for r in results], REJECTED_SCHEMA, manifest_meta)
+    store.rejected(pipeline, stage_name, ds).commit(
+        [DataFile.from_dict(r.rejected) for r in results if r.rejected], REJECTED_SCHEMA, manifest_meta
+    )
     store.partition(pipeline, stage_name, ds).commit([DataFile.from_dict(r.output) for r in results], schema, manifest_meta)
     # Checkpoints only matter until the stage is published.
     work = store.work_dir(pipeline, stage_name, ds, 0).rsplit("/", 1)[0]

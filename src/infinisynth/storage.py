@@ -121,6 +121,22 @@ class Store:
     def rejected(self, pipeline: str, stage: str, ds: str) -> Partition:
         return Partition(self, posixpath.join(self.root, pipeline, "rejected", stage, partition_key(ds)))
 
+    def committed_dates(self, pipeline: str, stage: str, *, before: str | None = None, at_or_before: str | None = None) -> list[str]:
+        """Dates of ``stage``'s committed partitions, newest first, optionally only those before
+        (or at or before) a date. Folders without a manifest (a crashed first write) do not count."""
+        root = posixpath.join(self.root, pipeline, stage)
+        self.fs.invalidate_cache(root)
+        try:
+            names = [posixpath.basename(p) for p in self.fs.ls(root, detail=False)]
+        except FileNotFoundError:
+            return []
+        dates = sorted((n[3:] for n in names if n.startswith("ds=")), reverse=True)
+        if before is not None:
+            dates = [d for d in dates if d < before]
+        if at_or_before is not None:
+            dates = [d for d in dates if d <= at_or_before]
+        return [d for d in dates if self.partition(pipeline, stage, d).exists()]
+
     def work_dir(self, pipeline: str, stage: str, ds: str, shard: int) -> str:
         """Scratch space for a shard's checkpoints; cleared when the stage commits."""
         return posixpath.join(self.root, pipeline, "_work", stage, partition_key(ds), f"shard-{shard:05d}")

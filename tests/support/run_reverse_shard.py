@@ -9,22 +9,17 @@ import json
 import logging
 import sys
 
-from infinisynth.pipelines.code_instruct import REVERSE_STAGE, CodeInstructSettings, run_model_stage
 from infinisynth.settings import role_config, store_for
+from infinisynth.specs.code_instruct import SPEC, CodeInstructSettings
+from infinisynth.steps import RunContext, run_step_shard
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     root, ds, shard_json, base_url = sys.argv[1:5]
     connection = {"host": base_url, "extra": {"model": "scripted", "max_concurrency": 2}}
-    result = run_model_stage(
-        store_for(root),
-        ds,
-        REVERSE_STAGE,
-        json.loads(shard_json),
-        lambda role: role_config(role, lambda _: connection),
-        CodeInstructSettings(),
-    )
+    ctx = RunContext(SPEC, store_for(root), ds, CodeInstructSettings(), roles=lambda role: role_config(role, lambda _: connection))
+    result = run_step_shard(ctx, "reverse", json.loads(shard_json))
     print("RESULT " + json.dumps(result), flush=True)
 
 

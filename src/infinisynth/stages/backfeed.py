@@ -6,17 +6,14 @@ so the problem's task, method and knowledge point are related rather than drawn 
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import pyarrow as pa
 
 from infinisynth.languages import display_name
-from infinisynth.llm import LLMClient
-from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import PROBLEM_SCHEMA, ProblemAnswer, ProblemChecks, check_problem, with_provenance
+from infinisynth.records import schema_with
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row
+from infinisynth.stages.problems import PROBLEM_SCHEMA, ProblemAnswer, ProblemChecks, check_problem
 
 # One row per combination to build: the triple, the target language and where it came from.
 COMBINATION_SCHEMA = schema_with(
@@ -27,41 +24,25 @@ COMBINATION_SCHEMA = schema_with(
 )
 
 
-class BackfeedConstruction:
+class BackfeedConstruction(ModelStage):
     name = "backfeed"
     schema = PROBLEM_SCHEMA
+    prompt = "backfeed_construction"
+    role = "generator"
+    Settings = ProblemChecks
+    answer = ProblemAnswer
+    origin = "backfeed"
+    settings: ProblemChecks
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate, checks: ProblemChecks = ProblemChecks()):
-        self.client = client
-        self.prompt = prompt
-        self.checks = checks
-
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, asdict(self.checks))
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        messages = self.prompt.render(
+    def format_input(self, row: Row) -> Messages:
+        return self.template.render(
             task=row["task"], instruction=row["instruction"], knowledge=row["knowledge"], lang_name=display_name(row.get("lang"))
         )
-        answer = await self.client.structured(messages, ProblemAnswer, stage=self.name)
+
+    def format_output(self, row: Row, answer: Any) -> Outcome:
         problem = answer.problem.strip()
-        problem_check = check_problem(problem, self.checks)
-        if problem_check is not None:
-            return Rejected(*problem_check, raw_answer=problem)
+        failed = check_problem(problem, self.settings)
+        if failed is not None:
+            return Rejected(*failed, raw_answer=problem)
         combination = {"task": row["task"], "instruction": row["instruction"], "knowledge": row["knowledge"]}
-        return Passed(
-            [
-                {
-                    "id": content_id("backfeed", row["id"], problem),
-                    "parent_ids": [row["id"], *row.get("parent_ids", [])],
-                    "origin": "backfeed",
-                    "lang": row.get("lang"),
-                    "problem": problem,
-                    "seed": None,
-                    "combination": combination,
-                    "variant": 0,
-                    "provenance": with_provenance({}, self.name, self.prompt.version, self.client.config.model),
-                }
-            ]
-        )
+        return Passed([self.derive(row, problem, problem=problem, seed=None, combination=combination, variant=0)])

@@ -34,7 +34,6 @@ from infinisynth.records import content_id
 if TYPE_CHECKING:
     from infinisynth.llm import LLMClient
     from infinisynth.llm.client import ChatAnswer
-    from infinisynth.storage import Store
 
 Row = dict[str, Any]
 Messages = list[dict[str, str]]
@@ -67,21 +66,29 @@ class Stage(Protocol):
     async def process(self, row: Row) -> Outcome: ...
 
 
-class BatchStage(Protocol):
-    """A batch step: one call per shard, one outcome per row, in order."""
+class BatchStage:
+    """A batch step: one call per shard, one outcome per row, in order.
 
-    name: str
-    schema: pa.Schema
+    Built by :meth:`from_context` (the run's settings and connections); ``shard_stats`` carries a
+    shard's own counts to the commit, where ``commit_meta`` turns every shard's into manifest keys.
+    """
 
-    async def process_batch(self, rows: Sequence[Row]) -> list[Outcome]: ...
+    name: str = ""
+    schema: pa.Schema = pa.schema([])
+
+    @classmethod
+    def from_context(cls, ctx: Any) -> BatchStage:
+        return cls()
+
+    async def process_batch(self, rows: Sequence[Row]) -> list[Outcome]:
+        raise NotImplementedError
 
     def shard_stats(self, rows: Sequence[Row], outcomes: Sequence[Outcome]) -> dict[str, Any]:
-        """Extra per-shard counts carried to the commit (e.g. the lint gate's per-language counts)."""
-        ...
+        return {}
 
-    def commit_meta(self, shard_stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Manifest metadata made from every shard's stats at commit time."""
-        ...
+    @classmethod
+    def commit_meta(cls, ctx: Any, shard_stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {}
 
 
 @dataclass
@@ -94,13 +101,22 @@ class StepOutput:
     meta: dict[str, Any] = field(default_factory=dict)  # the step's own report, kept in the manifest
 
 
-class GlobalStep(Protocol):
-    """A global step: whole partitions in, one stage's table out (sharded for the next mapped task)."""
+class GlobalStep:
+    """A global step: whole partitions in, one stage's table out (sharded for the next mapped task).
 
-    name: str
-    schema: pa.Schema
+    Built with the run's context (:class:`infinisynth.steps.RunContext`: store, partition key,
+    settings, connections); :meth:`run` returns the table and its accounting, which the runner
+    writes and commits like any other stage's.
+    """
 
-    def run(self, store: Store, ds: str) -> StepOutput: ...
+    name: str = ""
+    schema: pa.Schema = pa.schema([])
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+
+    def run(self) -> StepOutput:
+        raise NotImplementedError
 
 
 class NoSettings(BaseModel):
@@ -131,6 +147,7 @@ class ModelStage:
     Settings: ClassVar[type[BaseModel]] = NoSettings
     answer: ClassVar[type[BaseModel] | None] = None
     origin: ClassVar[str | None] = None  # the origin of rows this stage makes (None: keep the input's)
+    id_prefix: ClassVar[str | None] = None  # what new row ids are hashed with (None: the class's name)
 
     def __init__(self, client: LLMClient, settings: BaseModel | None = None, *, name: str | None = None, prompt_dir: str | None = None):
         self.client = client
@@ -144,6 +161,16 @@ class ModelStage:
     @classmethod
     def prompt_files(cls) -> tuple[str, ...]:
         return tuple(p for p in (cls.prompt, *cls.also_renders) if p)
+
+    @classmethod
+    def prompt_versions(cls) -> dict[str, str]:
+        """Each prompt file's version (its hash), for the stage's manifest."""
+        return {file: load_prompt(file).version for file in cls.prompt_files()}
+
+    @classmethod
+    def prepare_rows(cls, rows: list[Row]) -> list[Row]:
+        """The rows this stage takes from its input shard (all of them, unless a stage says otherwise)."""
+        return rows
 
     @property
     def template(self) -> PromptTemplate:
@@ -173,13 +200,12 @@ class ModelStage:
         return {**row, **fields, "provenance": self.provenance(row)}
 
     def derive(self, row: Row, *key: Any, **fields: Any) -> Row:
-        """A new row made from ``row``: a content id from the stage's origin, the parent id and
-        ``key``; the parent and its ancestors as ``parent_ids``; a fresh provenance."""
-        origin = self.origin or row.get("origin")
+        """A new row made from ``row``: a content id from the stage, the parent id and ``key``; the
+        parent and its ancestors as ``parent_ids``; the stage's origin; a fresh provenance."""
         return {
-            "id": content_id(origin or self.name, row["id"], *key),
+            "id": content_id(self.id_prefix or type(self).name, row["id"], *key),
             "parent_ids": [row["id"], *(row.get("parent_ids") or [])],
-            "origin": origin,
+            "origin": self.origin or row.get("origin"),
             "lang": row.get("lang"),
             **fields,
             "provenance": self.provenance(),

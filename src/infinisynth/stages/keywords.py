@@ -12,13 +12,11 @@ from pydantic import BaseModel, Field
 
 from infinisynth.knowledge_graph import KEYWORD_SCHEMA_FIELDS
 from infinisynth.languages import display_name
-from infinisynth.llm import LLMClient
-from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import with_provenance
+from infinisynth.records import schema_with
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row
 
 KeywordText = Annotated[str, Field(min_length=1, max_length=80)]
+KINDS = ("task_keywords", "instruction_keywords", "knowledge_keywords")
 
 
 class Relation(BaseModel):
@@ -40,39 +38,23 @@ SCHEMA = schema_with(
 )
 
 
-class KeywordExtraction:
+class KeywordExtraction(ModelStage):
     name = "keywords"
     schema = SCHEMA
+    prompt = "keyword_extraction"
+    role = "generator"
+    answer = Keywords
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate):
-        self.client = client
-        self.prompt = prompt
+    def format_input(self, row: Row) -> Messages:
+        return self.template.render(problem=row["problem"], lang_name=display_name(row.get("lang")))
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed)
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        messages = self.prompt.render(problem=row["problem"], lang_name=display_name(row.get("lang")))
-        answer = await self.client.structured(messages, Keywords, stage=self.name)
-        cleaned = {kind: _clean(getattr(answer, kind)) for kind in ("task_keywords", "instruction_keywords", "knowledge_keywords")}
+    def format_output(self, row: Row, answer: Any) -> Outcome:
+        cleaned = {kind: _clean(getattr(answer, kind)) for kind in KINDS}
         empty = [kind for kind, words in cleaned.items() if not words]
         if empty:
             return Rejected("no_keywords", f"no usable {', '.join(empty)} in the answer", raw_answer=answer.model_dump_json())
         relations = [r.model_dump() for r in answer.relations if r.head.strip() and r.tail.strip()]
-        return Passed(
-            [
-                {
-                    "id": content_id("keywords", row["id"], cleaned, relations),
-                    "parent_ids": [row["id"]],
-                    "origin": row["origin"],
-                    "lang": row.get("lang"),
-                    **cleaned,
-                    "relations": relations,
-                    "provenance": with_provenance({}, self.name, self.prompt.version, self.client.config.model),
-                }
-            ]
-        )
+        return Passed([self.derive(row, cleaned, relations, **cleaned, relations=relations)])
 
 
 def _clean(words: list[str]) -> list[str]:

@@ -72,4 +72,5 @@ def copied_lines(problem: str, snippet: str, min_chars: int) -> tuple[int, list[
     substantive = [line for line in lines if len(line) >= min_chars]
     return len(substantive), sorted(line for line in substantive if line in flat_problem)
 
+
 __all__ = ["PROBLEM_SCHEMA", "ProblemAnswer", "ProblemChecks", "check_problem", "copied_lines", "with_provenance"]

@@ -9,19 +9,17 @@ which the run report averages by origin (the paper: seeds 3.17, reverse 5.85, ba
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from statistics import fmean
-from typing import Any, Literal
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from infinisynth.languages import display_name
-from infinisynth.llm import LLMClient, LLMRejection
-from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import PROBLEM_FIELDS, with_provenance
+from infinisynth.llm import LLMRejection
+from infinisynth.records import schema_with
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings
+from infinisynth.stages.problems import PROBLEM_FIELDS
 
 DIMENSIONS = (
     "specificity",
@@ -58,30 +56,28 @@ QUALITY_FIELDS = [
 SCORED_SCHEMA = schema_with(*PROBLEM_FIELDS, *QUALITY_FIELDS)
 
 
-@dataclass(frozen=True)
-class QualitySettings:
-    samples: int = 3
+class QualitySettings(StageSettings):
+    samples: int = Field(3, ge=1)
     threshold: float = 6.0
     min_valid_samples: int = 2  # fewer valid assessments than this and the row is rejected
 
 
-class QualityAssessment:
+class QualityAssessment(ModelStage):
+    """Scores each problem; the same judge scores other stages' problems too (e.g. ``seed_quality``)."""
+
     name = "quality"
     schema = SCORED_SCHEMA
+    prompt = "quality_assessment"
+    role = "judge"
+    Settings = QualitySettings
+    answer = Assessment
+    settings: QualitySettings
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: QualitySettings = QualitySettings(), name: str = "quality"):
-        self.client = client
-        self.prompt = prompt
-        self.settings = settings
-        self.name = name  # the same judge scores other stages' problems too (e.g. seed_quality)
+    def format_input(self, row: Row) -> Messages:
+        return self.template.render(problem=row["problem"], lang_name=display_name(row.get("lang")))
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, asdict(self.settings))
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        messages = self.prompt.render(problem=row["problem"], lang_name=display_name(row.get("lang")))
-        samples = await self.client.structured_samples(messages, Assessment, stage=self.name, n=self.settings.samples)
+    async def process(self, row: Row) -> Outcome:
+        samples = await self.client.structured_samples(self.format_input(row), Assessment, stage=self.name, n=self.settings.samples)
         valid = [s for s in samples if isinstance(s, Assessment)]
         if len(valid) < min(self.settings.min_valid_samples, self.settings.samples):
             failure = next(s for s in samples if isinstance(s, LLMRejection))
@@ -99,14 +95,5 @@ class QualityAssessment:
                 evidence={"quality_scores": scores, "quality_mean": mean, "complexity": scores["complexity"], "origin": row["origin"]},
             )
         return Passed(
-            [
-                {
-                    **row,
-                    "quality_scores": scores,
-                    "quality_mean": mean,
-                    "complexity": scores["complexity"],
-                    "quality_samples": len(valid),
-                    "provenance": with_provenance(row, self.name, self.prompt.version, self.client.config.model),
-                }
-            ]
+            [self.annotate(row, quality_scores=scores, quality_mean=mean, complexity=scores["complexity"], quality_samples=len(valid))]
         )

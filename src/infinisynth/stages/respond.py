@@ -11,37 +11,28 @@ from typing import Any
 import pyarrow as pa
 
 from infinisynth.languages import display_name, fence_tag
-from infinisynth.llm import LLMClient
-from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import PROBLEM_FIELDS, with_provenance
+from infinisynth.records import schema_with
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row
+from infinisynth.stages.problems import PROBLEM_FIELDS
 from infinisynth.stages.quality import QUALITY_FIELDS
 
 RESPONSE_SCHEMA = schema_with(*PROBLEM_FIELDS, *QUALITY_FIELDS, pa.field("response", pa.string(), nullable=False))
 
 
-class ResponseGeneration:
+class ResponseGeneration(ModelStage):
     name = "respond"
     schema = RESPONSE_SCHEMA
+    prompt = "response"
+    role = "generator"
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate):
-        self.client = client
-        self.prompt = prompt
-
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, config.max_tokens)
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
+    def format_input(self, row: Row) -> Messages:
         lang = row.get("lang")
-        messages = self.prompt.render(problem=row["problem"], lang_name=display_name(lang), fence=fence_tag(lang))
-        answer = await self.client.chat(messages, stage=self.name)
+        return self.template.render(problem=row["problem"], lang_name=display_name(lang), fence=fence_tag(lang))
+
+    def format_output(self, row: Row, answer: Any) -> Outcome:
         text = answer.text.strip()
         if not text:
             return Rejected("empty_response", "the generator returned no text")
         if answer.finish_reason == "length":
             return Rejected("truncated", f"the answer hit max_tokens ({self.client.config.max_tokens})", raw_answer=text)
-        return Passed(
-            [{**row, "response": text, "provenance": with_provenance(row, self.name, self.prompt.version, self.client.config.model)}]
-        )
+        return Passed([self.annotate(row, response=text)])

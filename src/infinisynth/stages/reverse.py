@@ -8,66 +8,50 @@ none of whose problems survive goes to ``rejected`` with the first reason.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydantic import Field
+
 from infinisynth.languages import display_name
-from infinisynth.llm import LLMClient, LLMRejection
-from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import PROBLEM_SCHEMA, ProblemAnswer, ProblemChecks, check_problem, with_provenance
+from infinisynth.llm import LLMRejection
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row
+from infinisynth.stages.problems import PROBLEM_SCHEMA, ProblemAnswer, ProblemChecks, check_problem
 
 
-@dataclass(frozen=True)
-class ReverseSettings:
-    problems_per_seed: int = 1
-    checks: ProblemChecks = field(default_factory=ProblemChecks)
+class ReverseSettings(ProblemChecks):
+    problems_per_seed: int = Field(1, ge=1)
 
 
-class ReverseConstruction:
+class ReverseConstruction(ModelStage):
     name = "reverse"
     schema = PROBLEM_SCHEMA
+    prompt = "reverse_construction"
+    role = "generator"
+    Settings = ReverseSettings
+    answer = ProblemAnswer
+    origin = "reverse"
+    settings: ReverseSettings
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: ReverseSettings = ReverseSettings()):
-        self.client = client
-        self.prompt = prompt
-        self.settings = settings
+    def format_input(self, row: Row, variant: int = 0) -> Messages:
+        lang = row.get("lang")
+        return self.template.render(lang=lang or "", lang_name=display_name(lang), snippet=row["seed"], variant=variant)
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, asdict(self.settings))
+    def format_output(self, row: Row, answer: Any, variant: int = 0) -> Outcome:
+        problem = answer.problem.strip()
+        failed = check_problem(problem, self.settings, snippet=row["seed"])
+        if failed is not None:
+            return Rejected(*failed, raw_answer=problem)
+        fields = {"problem": problem, "seed": row["seed"], "combination": None, "variant": variant}
+        return Passed([self.derive(row, variant, problem, **fields)])
 
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        answers = await asyncio.gather(
-            *(self._one(row, variant) for variant in range(self.settings.problems_per_seed)),
-        )
-        passed = [a for a in answers if isinstance(a, dict)]
-        if passed:
-            return Passed(passed)
-        return next(a for a in answers if isinstance(a, Rejected))
+    async def process(self, row: Row) -> Outcome:
+        outcomes = await asyncio.gather(*(self._variant(row, v) for v in range(self.settings.problems_per_seed)))
+        passed = [r for o in outcomes if isinstance(o, Passed) for r in o.rows]
+        return Passed(passed) if passed else next(o for o in outcomes if isinstance(o, Rejected))
 
-    async def _one(self, row: dict[str, Any], variant: int) -> dict[str, Any] | Rejected:
-        messages = self.prompt.render(
-            lang=row.get("lang") or "", lang_name=display_name(row.get("lang")), snippet=row["seed"], variant=variant
-        )
+    async def _variant(self, row: Row, variant: int) -> Outcome:
         try:
-            answer = await self.client.structured(messages, ProblemAnswer, stage=self.name)
+            answer = await self.ask(self.format_input(row, variant))
         except LLMRejection as rejection:
             return Rejected(rejection.reason, rejection.detail, rejection.raw_answer)
-        problem = answer.problem.strip()
-        problem_check = check_problem(problem, self.settings.checks, snippet=row["seed"])
-        if problem_check is not None:
-            reason, detail = problem_check
-            return Rejected(reason, detail, raw_answer=problem)
-        return {
-            "id": content_id("reverse", row["id"], variant, problem),
-            "parent_ids": [row["id"]],
-            "origin": "reverse",
-            "lang": row.get("lang"),
-            "problem": problem,
-            "seed": row["seed"],
-            "combination": None,
-            "variant": variant,
-            "provenance": with_provenance({}, self.name, self.prompt.version, self.client.config.model),
-        }
+        return self.format_output(row, answer, variant)

@@ -1,30 +1,24 @@
 """Static verification: every answered problem's code must pass the lint gate, or the pair goes.
 
 Infinite-Instruct's Mechanism 3: a prompt-response pair whose code has an error-level static
-finding is discarded - no repair, no execution. This stage makes no model calls, so it does not go
-through the LLM runner: a whole shard is checked in one gate call (few linter processes for many
-rows), and the shard's output and rejected files are written like any other stage's so
-:func:`infinisynth.shards.commit_stage` publishes it with its funnel.
+finding is discarded - no repair, no execution. This is a batch step: it makes no model calls, so a
+whole shard is checked in one gate call (few linter processes for many rows), and its shard counts
+per language become the discard rate per language in the stage's manifest.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from infinisynth.records import REJECTED_SCHEMA
-from infinisynth.runner import Outcome, Passed, Rejected, rejected_row
+from infinisynth.llm.usage import format_table
 from infinisynth.settings import ConnectionLookup, env_connection, lint_service_url
-from infinisynth.shards import ShardResult, commit_stage
+from infinisynth.stages.base import BatchStage, Outcome, Passed, Rejected, Row
 from infinisynth.stages.respond import RESPONSE_SCHEMA
-from infinisynth.storage import Store
 from infinisynth.verify.gate import GateSettings, LocalGate
 from infinisynth.verify.model import Gate
 from infinisynth.verify.responses import VERDICT_FIELDS, ResponseVerdict, verify_responses
@@ -33,102 +27,72 @@ log = logging.getLogger(__name__)
 
 VERIFIED_SCHEMA = pa.schema([*RESPONSE_SCHEMA, *VERDICT_FIELDS])
 NOT_CHECKED = "not_checked"
-# Key of a shard result that carries per-language counts to the commit (not a ShardResult field).
-BY_LANGUAGE = "lint_by_language"
 
 
-@dataclass(frozen=True)
-class VerifySettings:
-    enabled: bool = True  # off: rows pass unchecked, marked lint_reason=not_checked
+class StaticVerification(BatchStage):
+    """The lint gate as a batch step. ``enabled=False``: rows pass unchecked (lint_reason=not_checked)."""
 
-
-class StaticVerification:
     name = "verify"
     schema = VERIFIED_SCHEMA
 
-    def __init__(self, gate: Gate, settings: VerifySettings = VerifySettings()):
+    def __init__(self, gate: Gate, *, enabled: bool = True):
         self.gate = gate
-        self.settings = settings
+        self.enabled = enabled
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        return self.gate.fingerprint() if self.settings.enabled else NOT_CHECKED
+    @classmethod
+    def from_context(cls, ctx: Any) -> StaticVerification:
+        settings = ctx.settings
+        gate = make_gate(ctx.lookup, max_code_bytes=settings.lint_max_code_bytes, timeout_scale=settings.lint_timeout_scale)
+        return cls(gate if settings.lint_gate else LocalGate(), enabled=settings.lint_gate)
 
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        (outcome,) = await self.process_many([row])
-        return outcome
+    def fingerprint(self) -> str:
+        return self.gate.fingerprint() if self.enabled else NOT_CHECKED
 
-    async def process_many(self, rows: Sequence[dict[str, Any]]) -> list[Outcome]:
+    async def process_batch(self, rows: Sequence[Row]) -> list[Outcome]:
         """Outcomes for ``rows`` in order, from one gate call."""
-        if not self.settings.enabled:
+        if not self.enabled:
             unchecked = ResponseVerdict(False, NOT_CHECKED).columns() | {"lint_passed": None}
             return [Passed([{**row, **unchecked, "provenance": self._provenance(row)}]) for row in rows]
         verdicts = await verify_responses(self.gate, [(row["response"], row.get("lang")) for row in rows])
         return [self._outcome(row, verdict) for row, verdict in zip(rows, verdicts, strict=True)]
 
-    def _outcome(self, row: dict[str, Any], verdict: ResponseVerdict) -> Outcome:
+    def _outcome(self, row: Row, verdict: ResponseVerdict) -> Outcome:
         if verdict.passed:
             return Passed([{**row, **verdict.columns(), "provenance": self._provenance(row)}])
         return Rejected(verdict.reason, verdict.summary(), raw_answer=row["response"], evidence=verdict.columns())
 
-    def _provenance(self, row: dict[str, Any]) -> str:
+    def _provenance(self, row: Row) -> str:
+        import json
+
         provenance = json.loads(row.get("provenance") or "{}")
-        provenance[self.name] = {"gate": self.cache_key(row)}
+        provenance[self.name] = {"gate": self.fingerprint()}
         return json.dumps(provenance, sort_keys=True)
 
+    def shard_stats(self, rows: Sequence[Row], outcomes: Sequence[Outcome]) -> dict[str, Any]:
+        """Per row language: rows in and rows the gate failed."""
+        counts: dict[str, dict[str, int]] = {}
+        for row, outcome in zip(rows, outcomes, strict=True):
+            entry = counts.setdefault(str(row.get("lang") or "unknown"), {"in": 0, "failed": 0})
+            entry["in"] += 1
+            entry["failed"] += isinstance(outcome, Rejected)
+        return counts
 
-def run_verify_shard(
-    store: Store, pipeline: str, ds: str, shard: int, rows: Sequence[dict[str, Any]], stage: StaticVerification
-) -> dict[str, Any]:
-    """Check one shard and write its (uncommitted) output and rejected files.
-
-    Returns the :class:`ShardResult` as a dict plus per-language counts under ``BY_LANGUAGE``.
-    """
-    outcomes = asyncio.run(stage.process_many(rows))
-    outputs, rejects = [], []
-    for row, outcome in zip(rows, outcomes, strict=True):
-        if isinstance(outcome, Rejected):
-            rejects.append(rejected_row(stage.name, row, outcome))
-        else:
-            outputs.extend(outcome.rows)
-    output_file = store.partition(pipeline, stage.name, ds).write_table(
-        shard, pa.Table.from_pylist(outputs, schema=stage.schema), stage.schema
-    )
-    rejected_file = store.rejected(pipeline, stage.name, ds).write_table(
-        shard, pa.Table.from_pylist(rejects, schema=REJECTED_SCHEMA), REJECTED_SCHEMA
-    )
-    by_reason = Counter(r["reason"] for r in rejects)
-    result = ShardResult(
-        shard=shard, rows_in=len(rows), output=output_file.to_dict(), rejected=rejected_file.to_dict(), rejected_by_reason=dict(by_reason)
-    )
-    by_language = language_counts(rows, outcomes)
-    log.info(
-        "%s.%s shard %d: %d in, %d passed, %d rejected %s",
-        pipeline,
-        stage.name,
-        shard,
-        len(rows),
-        len(outputs),
-        len(rejects),
-        dict(by_reason),
-    )
-    return {**result.to_dict(), BY_LANGUAGE: by_language}
+    @classmethod
+    def commit_meta(cls, ctx: Any, shard_stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The discard rate per language, and which gate judged, for the manifest and the log."""
+        stage = cls.from_context(ctx)
+        rates = discard_rates(shard_stats)
+        where = lint_service_url(ctx.lookup) or "in-process"
+        log.info("%s lint gate discard rate by language (paper: about 10%%)\n%s", ctx.spec.name, discard_table(rates))
+        return {"discard_by_language": rates, "lint_gate": {"enabled": stage.enabled, "fingerprint": stage.fingerprint() if stage.enabled else None, "where": where}}
 
 
-def language_counts(rows: Sequence[dict[str, Any]], outcomes: Sequence[Outcome]) -> dict[str, dict[str, int]]:
-    """Per row language: rows in and rows the gate failed."""
-    counts: dict[str, dict[str, int]] = {}
-    for row, outcome in zip(rows, outcomes, strict=True):
-        entry = counts.setdefault(str(row.get("lang") or "unknown"), {"in": 0, "failed": 0})
-        entry["in"] += 1
-        entry["failed"] += isinstance(outcome, Rejected)
-    return counts
-
-
-def discard_rates(shard_results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Summed per-language counts of every shard with the discard rate (the paper saw about 10%)."""
+def discard_rates(shard_stats: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Summed per-language counts of every shard with the discard rate (the paper saw about 10%).
+    Takes each shard's stats, or whole shard results (their ``stats``)."""
     total: dict[str, Counter[str]] = {}
-    for result in shard_results:
-        for language, counts in (result.get(BY_LANGUAGE) or {}).items():
+    for stats in shard_stats:
+        for language, counts in (stats.get("stats", stats) or {}).items():
             total.setdefault(language, Counter()).update(counts)
     return {
         language: {"in": c["in"], "failed": c["failed"], "rate": round(c["failed"] / c["in"], 4) if c["in"] else 0.0}
@@ -137,8 +101,6 @@ def discard_rates(shard_results: Sequence[dict[str, Any]]) -> dict[str, dict[str
 
 
 def discard_table(rates: dict[str, dict[str, float]]) -> str:
-    from infinisynth.llm.usage import format_table
-
     rows: list[tuple[Any, ...]] = [("language", "in", "failed", "discard rate")]
     rows += [(language, r["in"], r["failed"], f"{r['rate']:.1%}") for language, r in rates.items()]
     return format_table(rows)
@@ -153,25 +115,3 @@ def make_gate(lookup: ConnectionLookup = env_connection, *, max_code_bytes: int 
 
         return LintServiceClient(url)
     return LocalGate(GateSettings(max_code_bytes=max_code_bytes, timeout_scale=timeout_scale))
-
-
-def commit_verified(
-    store: Store,
-    pipeline: str,
-    ds: str,
-    shard_results: Sequence[dict[str, Any]],
-    gate: Gate,
-    *,
-    enabled: bool = True,
-    where: str = "in-process",
-) -> dict[str, Any]:
-    """Publish the gate's shards with the discard rate per language in the manifest and the log."""
-    rates = discard_rates(shard_results)
-    meta = {
-        "discard_by_language": rates,
-        "lint_gate": {"enabled": enabled, "fingerprint": gate.fingerprint() if enabled else None, "where": where},
-    }
-    results = [{k: v for k, v in r.items() if k != BY_LANGUAGE} for r in shard_results]
-    funnel = commit_stage(store, pipeline, StaticVerification.name, ds, VERIFIED_SCHEMA, results, meta=meta)
-    log.info("%s lint gate discard rate by language (paper: about 10%%)\n%s", pipeline, discard_table(rates))
-    return funnel

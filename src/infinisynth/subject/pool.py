@@ -88,14 +88,8 @@ def read_pool(store: Store, source: str, ds: str, *, max_rows: int | None = None
 
 def latest_code_dataset(store: Store, ds: str) -> str | None:
     """The newest committed ``code_instruct/dataset`` date at or before ``ds``, or None."""
-    root = posixpath.join(store.root, CODE_SOURCE, CODE_DATASET_STAGE)
-    store.fs.invalidate_cache(root)
-    try:
-        entries = store.fs.ls(root, detail=False)
-    except FileNotFoundError:
-        return None
-    dates = sorted((n[3:] for n in map(posixpath.basename, entries) if n.startswith("ds=") and n[3:] <= ds), reverse=True)
-    return next((d for d in dates if store.partition(CODE_SOURCE, CODE_DATASET_STAGE, d).exists()), None)
+    dates = store.committed_dates(CODE_SOURCE, CODE_DATASET_STAGE, at_or_before=ds)
+    return dates[0] if dates else None
 
 
 def _code_instruct_records(store: Store, ds: str) -> tuple[str, Iterator[dict[str, Any]]]:

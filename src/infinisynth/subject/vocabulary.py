@@ -27,7 +27,6 @@ ones joins the nearest of them; a new canonical tag joins the domain with the ne
 from __future__ import annotations
 
 import logging
-import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -490,18 +489,8 @@ def save_vocabulary(store: Store, ds: str, vocabulary: pa.Table, report: dict[st
 
 def latest_vocabulary_before(store: Store, ds: str) -> pa.Table | None:
     """The newest committed vocabulary with a date before ``ds``, or None (the first night)."""
-    root = posixpath.join(store.root, PIPELINE, VOCABULARY_STAGE)
-    store.fs.invalidate_cache(root)
-    try:
-        entries = store.fs.ls(root, detail=False)
-    except FileNotFoundError:
-        return None
-    dates = sorted((n[3:] for n in map(posixpath.basename, entries) if n.startswith("ds=") and n[3:] < ds), reverse=True)
-    for date in dates:
-        partition = store.partition(PIPELINE, VOCABULARY_STAGE, date)
-        if partition.exists():
-            return partition.read()
-    return None
+    dates = store.committed_dates(PIPELINE, VOCABULARY_STAGE, before=ds)
+    return store.partition(PIPELINE, VOCABULARY_STAGE, dates[0]).read() if dates else None
 
 
 def domain_table(vocabulary: pa.Table) -> list[dict[str, Any]]:

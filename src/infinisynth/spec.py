@@ -1,0 +1,154 @@
+"""A pipeline, declared: its settings model and one list of steps.
+
+Everything else is derived from this declaration: the DAG's tasks (:mod:`infinisynth.airflow_dag`),
+the task bodies that run and commit a step (:mod:`infinisynth.steps`), each stage's settings, and
+the DAG's Params (:func:`params_from_settings`, so a knob is declared once, on the settings model).
+
+This module is light on purpose (dataclasses and pydantic only): DAG files import it at parse time.
+Stage classes are named by their import path and loaded only when a task runs.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+StepKind = Literal["model", "batch", "global"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a pipeline.
+
+    - ``stage``: ``"module:Class"``, a :class:`~infinisynth.stages.base.ModelStage` (``model``), a
+      batch step (``batch``) or a global step (``global``).
+    - ``upstream``: the steps whose committed rows this one reads, as shards (a model or batch step
+      maps one task over them; a global step reads whole partitions).
+    - ``task``: the Airflow task id of the step's main task (default: the step's name).
+    - ``role`` overrides the stage class's role; ``settings`` maps a stage-settings field to the
+      pipeline-settings field it comes from (fields of the same name map by themselves).
+    - ``enabled_by``: a boolean pipeline setting; off, the step maps over no rows.
+    - ``in_funnel``/``funnel_meta``: whether the night's funnel lists the step, and which of its
+      manifest keys go beside its entry.
+    """
+
+    name: str
+    stage: str
+    kind: StepKind = "model"
+    upstream: tuple[str, ...] = ()
+    task: str | None = None
+    role: str | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
+    enabled_by: str | None = None
+    in_funnel: bool = True  # part of the night's funnel table
+    funnel_meta: tuple[str, ...] = ()  # manifest keys shown beside the step's funnel entry
+
+    @property
+    def task_id(self) -> str:
+        return self.task or self.name
+
+    @property
+    def mapped(self) -> bool:
+        return self.kind != "global"
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    settings: type[BaseModel]
+    steps: tuple[Step, ...]
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: step names repeat: {names}")
+        for position, step in enumerate(self.steps):
+            for up in step.upstream:
+                if up not in names[:position]:
+                    raise ValueError(f"{self.name}.{step.name}: upstream {up!r} is not an earlier step")
+            if step.mapped and not step.upstream:
+                raise ValueError(f"{self.name}.{step.name}: a mapped step needs an upstream to map over")
+        for step in self.steps:
+            inputs = {fed.upstream for fed in self.feeds(step.name)}
+            if len(inputs) > 1:
+                raise ValueError(f"{self.name}: the steps fed by {step.name!r} must read the same upstream steps, not {sorted(inputs)}")
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"{self.name} has no step {name!r}; steps: {[s.name for s in self.steps]}")
+
+    def consumers(self, name: str) -> list[Step]:
+        return [s for s in self.steps if name in s.upstream]
+
+    def feeds(self, name: str) -> list[Step]:
+        """The mapped steps that expand over the shards handed out when ``name`` finishes: those
+        whose last upstream is ``name`` (they all read the same upstream steps)."""
+        return [s for s in self.steps if s.mapped and s.upstream and s.upstream[-1] == name]
+
+    def committed_by(self, name: str) -> Step | None:
+        """The global step that commits mapped step ``name`` in its own task (it is that step's
+        first upstream), or None when the mapped step has a commit task of its own."""
+        step = self.step(name)
+        if not step.mapped:
+            return None
+        return next((s for s in self.consumers(name) if not s.mapped and s.upstream[0] == name), None)
+
+
+class PipelineSettings(BaseModel):
+    """Base of a pipeline's run settings: every field is a DAG Param (see :func:`params_from_settings`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    storage_root: str | None = Field(None, description="Object-storage URL; empty = INFINISYNTH_ROOT or data/ in the project")
+
+    def role_overrides(self, role: str) -> dict[str, Any]:
+        """Run settings that override a role's connection: ``<role>_model``, ``<role>_temperature``,
+        ``<role>_max_tokens`` when the settings have them."""
+        return {key: getattr(self, f"{role}_{key}", None) or None for key in ("model", "temperature", "max_tokens")}
+
+
+_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def param_schema(info: FieldInfo) -> dict[str, Any]:
+    """The JSON-schema keywords of a Param for one settings field: type, bounds, description.
+
+    Optional fields become ``["null", <type>]`` with a None default: Airflow's trigger form treats
+    a plain string Param as required, so an empty optional field would disable the Trigger button.
+    """
+    annotation = info.annotation
+    types_: list[str] = []
+    args = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    for arg in args:
+        if arg is type(None):
+            types_.insert(0, "null")
+        else:
+            types_.append(_JSON_TYPES.get(get_origin(arg) or arg, "string"))
+    schema: dict[str, Any] = {"type": types_[0] if len(types_) == 1 else types_}
+    for meta in info.metadata:
+        for attr, keyword in _BOUNDS.items():
+            value = getattr(meta, attr, None)
+            if value is not None:
+                schema[keyword] = value
+    if info.description:
+        schema["description"] = info.description
+    return schema
+
+
+def params_from_settings(settings: type[BaseModel]) -> dict[str, Any]:
+    """One Airflow Param per settings field, with the field's default, type, bounds and description."""
+    from airflow.sdk import Param
+
+    params = {}
+    for name, info in settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        params[name] = Param(default, **param_schema(info))
+    return params

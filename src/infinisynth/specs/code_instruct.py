@@ -1,0 +1,81 @@
+"""Infinite-Instruct, the code-instruction pipeline, declared.
+
+    seeds -> reverse -> keywords -> [knowledge graph -> combinations] -> backfeed
+          -> quality (reverse + backfeed problems) -> respond -> verify (static lint gate) -> dataset
+    seeds -> seed_quality (the seeds' own problems, for the complexity-by-origin report)
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from infinisynth.spec import PipelineSettings, PipelineSpec, Step
+
+PIPELINE = "code_instruct"
+
+
+class CodeInstructSettings(PipelineSettings):
+    """A run's settings, with the paper's defaults: every field is a Param of the DAG."""
+
+    seed_source: str = Field("mine", description="'mine' to mine snippets from seed_roots, or a Magicoder-OSS-Instruct-shaped Parquet/JSONL path")
+    seed_roots: list[str] = Field(default_factory=list, description="Source trees to mine; empty = the Python standard library and global npm modules")
+    seed_languages: list[str] = Field(default_factory=list, description="Languages to keep (python, javascript, java, cpp, sql, ...); empty = all")
+    max_seeds: int = Field(200, gt=0, description="Seed snippets per night")
+    shard_size: int = Field(50, gt=0, description="Rows per mapped task")
+    mining_seed: int = Field(0, description="Random seed for snippet mining")
+    problems_per_seed: int = Field(1, ge=1, le=10, description="Reverse problems per seed snippet")
+    backfeed_ratio: float = Field(0.67, ge=0, description="Backfeed problems per reverse problem (paper: 20K / 30K)")
+    backfeed_languages: list[str] = Field(default_factory=list, description="Target languages of backfeed problems; empty = the seeds' mix")
+    reuse_graph: bool = Field(True, description="Grow the knowledge graph from the latest earlier night's")
+    sampling_seed: int = Field(0, description="Random seed for keyword-combination sampling")
+    quality_samples: int = Field(3, ge=1, description="Independent judge assessments averaged")
+    quality_threshold: float = Field(6.0, ge=1, le=10, description="Keep problems whose mean score is at least this")
+    min_problem_chars: int = Field(40, ge=1, description="Shorter problems are rejected")
+    generator_model: str | None = Field(None, description="Override the generator connection's model")
+    generator_temperature: float | None = Field(None, ge=0, le=2, description="Override the generator's temperature")
+    generator_max_tokens: int | None = Field(None, gt=0, description="Override the generator's max_tokens")
+    judge_model: str | None = Field(None, description="Override the judge connection's model")
+    judge_temperature: float | None = Field(None, ge=0, le=2, description="Override the judge's temperature")
+    lint_gate: bool = Field(True, description="Discard pairs whose code has an error-level lint finding (off: publish unchecked)")
+    lint_max_code_bytes: int = Field(256 * 1024, gt=0, description="Larger code blocks fail the gate unread")
+    lint_timeout_scale: float = Field(1.0, gt=0, description="Multiplies every linter's time budget")
+    score_seed_problems: bool = Field(True, description="Judge the seeds' own problems (Magicoder files) for the complexity-by-origin report")
+    holdout_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of published pairs held out (by prompt hash) as the deficiency-diagnosis exam; never in the dataset"
+    )
+
+
+_PROBLEM_CHECKS = {"min_chars": "min_problem_chars"}
+
+SPEC = PipelineSpec(
+    PIPELINE,
+    CodeInstructSettings,
+    (
+        Step("seeds", "infinisynth.pipelines.code_instruct:PrepareSeeds", "global", task="prepare_seeds"),
+        Step("reverse", "infinisynth.stages.reverse:ReverseConstruction", upstream=("seeds",), task="reverse_construct", settings=_PROBLEM_CHECKS),
+        Step(
+            "seed_quality",
+            "infinisynth.pipelines.code_instruct:SeedProblemQuality",
+            upstream=("seeds",),
+            task="assess_seed_problems",
+            in_funnel=False,
+            settings={"samples": "quality_samples", "threshold": "quality_threshold"},
+            enabled_by="score_seed_problems",
+        ),
+        Step("keywords", "infinisynth.stages.keywords:KeywordExtraction", upstream=("reverse",), task="extract_keywords"),
+        Step("combinations", "infinisynth.pipelines.code_instruct:PlanBackfeed", "global", upstream=("keywords",), task="build_knowledge_graph", in_funnel=False),
+        Step(
+            "backfeed", "infinisynth.stages.backfeed:BackfeedConstruction", upstream=("combinations",), task="backfeed_construct", settings=_PROBLEM_CHECKS
+        ),
+        Step(
+            "quality",
+            "infinisynth.stages.quality:QualityAssessment",
+            upstream=("reverse", "backfeed"),
+            task="assess_quality",
+            settings={"samples": "quality_samples", "threshold": "quality_threshold"},
+        ),
+        Step("respond", "infinisynth.stages.respond:ResponseGeneration", upstream=("quality",), task="generate_responses"),
+        Step("verify", "infinisynth.stages.verify:StaticVerification", "batch", upstream=("respond",), task="verify_responses", funnel_meta=("discard_by_language",)),
+        Step("dataset", "infinisynth.pipelines.code_instruct:Publish", "global", upstream=("verify", "seed_quality"), task="publish", in_funnel=False),
+    ),
+)
