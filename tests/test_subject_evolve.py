@@ -10,7 +10,6 @@ from typing import Any
 import pyarrow as pa
 
 from infinisynth.llm import LLMClient, RoleConfig, UsageMeter
-from infinisynth.prompts import load_prompt
 from infinisynth.runner import rejected_table, run_shard, split_outcomes
 from infinisynth.subject.evolve import EVOLVED_SCHEMA, OPERATIONS, SEED_SCHEMA, Evolution, EvolutionSettings, choose_operation
 
@@ -51,7 +50,7 @@ def run_stage(server, make_stage, rows: list[dict[str, Any]], **role: Any) -> tu
 
 
 def evolution(client: LLMClient) -> Evolution:
-    return Evolution(client, load_prompt("subject_evolution"), EvolutionSettings(sampling_seed=0))
+    return Evolution(client, EvolutionSettings(sampling_seed=0))
 
 
 def test_operation_is_seeded_weighted_by_selection_reason_and_never_repeated():

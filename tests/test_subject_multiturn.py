@@ -8,7 +8,6 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from infinisynth.prompts import load_prompt
 from infinisynth.subject.difficulty import DIFFICULTY_SCHEMA, Difficulty, DifficultySettings
 from infinisynth.subject.multiturn import CONVERSATION_SCHEMA, MultiTurn, MultiTurnSettings, SurvivorResponse, followup_count
 from tests.test_subject_evolve import run_stage
@@ -54,7 +53,7 @@ def test_responses_reject_refusals_empty_and_cut_off_answers(fresh_scripted):
         verified(2, "EMPTY_marker: explain p-values."),
         verified(3, "CAVEAT_marker: explain p-values."),
     ]
-    outputs, rejects = run_stage(fresh_scripted, lambda c: SurvivorResponse(c, load_prompt("subject_response")), rows)
+    outputs, rejects = run_stage(fresh_scripted, lambda c: SurvivorResponse(c), rows)
     assert {r["id"]: r["reason"] for r in rejects} == {"v-1": "refused", "v-2": "empty_response"}
     assert [o["id"] for o in outputs] == ["v-0", "v-3"]  # a long answer that says sorry is still an answer
     assert outputs[0]["response"].startswith("Scripted answer") and "respond" in json.loads(outputs[0]["provenance"])
@@ -70,9 +69,7 @@ def test_a_cut_off_response_is_rejected_as_truncated(fresh_scripted):
         "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
     }
     fresh_scripted.script([{"match": "CUT_marker", "actions": [{"body": json.dumps(cut)}]}])
-    outputs, rejects = run_stage(
-        fresh_scripted, lambda c: SurvivorResponse(c, load_prompt("subject_response")), [verified(5, "CUT_marker: explain p-values.")]
-    )
+    outputs, rejects = run_stage(fresh_scripted, lambda c: SurvivorResponse(c), [verified(5, "CUT_marker: explain p-values.")])
     assert outputs == [] and [(r["reason"], r["raw_answer"]) for r in rejects] == [("truncated", "A p-value is the prob")]
 
 
@@ -101,7 +98,7 @@ def test_multiturn_builds_on_the_conversation_and_rejects_repeats(fresh_scripted
     settings = MultiTurnSettings(min_followups=1, max_followups=4, sampling_seed=3)
     rows = [verified(i, f"Explain statistical power, case {i}.", f"FIRST_ANSWER_marker {i}: power is 1 - beta.") for i in range(5)]
     rows.append(verified(9, "REPEAT_marker: what is a p-value?", "It is a probability."))
-    make = lambda c: MultiTurn(c, load_prompt("subject_followup"), load_prompt("subject_response"), settings)  # noqa: E731
+    make = lambda c: MultiTurn(c, settings)  # noqa: E731
     outputs, rejects = run_stage(fresh_scripted, make, rows)
 
     assert [(r["id"], r["reason"]) for r in rejects] == [("v-9", "repeated_turn")]
@@ -132,7 +129,7 @@ def test_difficulty_scores_average_samples_and_keep_the_generation(fresh_scripte
     )
     seed_row = {**verified(0, "EASY_marker: add 2 and 3."), "origin": "seed", "generation": 0, "seed_id": None}
     rows = [seed_row, verified(1, "HARD_marker: prove the CLT for iid variables."), verified(2, "BROKEN_marker: rate me.")]
-    make = lambda c: Difficulty(c, load_prompt("subject_difficulty"), DifficultySettings(samples=2))  # noqa: E731
+    make = lambda c: Difficulty(c, DifficultySettings(samples=2))  # noqa: E731
     outputs, rejects = run_stage(fresh_scripted, make, rows)
     by_id = {o["id"]: o for o in outputs}
     assert by_id["v-0"]["difficulty"] == 2 and by_id["v-0"]["generation"] == 0 and by_id["v-0"]["seed_id"] == "v-0"

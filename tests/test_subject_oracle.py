@@ -32,7 +32,7 @@ def evolved(i: int, instruction: str, operation: str = "deepen", parent: str = P
 
 
 def oracle(client):
-    return OracleCheck(client, load_prompt("subject_oracle_check"), load_prompt("subject_evolution"), OracleSettings(copy_ngram_words=6))
+    return OracleCheck(client, OracleSettings(copy_ngram_words=6))
 
 
 def test_copied_ngrams_ignore_runs_the_parent_or_tags_already_had():
@@ -105,9 +105,7 @@ def test_each_failure_has_its_reason_and_survivors_keep_the_explanation(fresh_sc
 
 
 def test_without_the_model_verdict_only_the_deterministic_checks_run(fresh_scripted):
-    make = lambda c: OracleCheck(
-        c, load_prompt("subject_oracle_check"), load_prompt("subject_evolution"), OracleSettings(model_verdict=False)
-    )  # noqa: E731
+    make = lambda c: OracleCheck(c, OracleSettings(model_verdict=False))  # noqa: E731
     rows = [evolved(0, "Explain how mRNA vaccines train B cells, in under 200 words."), evolved(1, PARENT.upper())]
     outputs, rejects = run_stage(fresh_scripted, make, rows)
     assert [o["id"] for o in outputs] == ["ev-0"] and [r["reason"] for r in rejects] == ["no_new_information"]

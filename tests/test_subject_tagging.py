@@ -61,7 +61,7 @@ def test_tags_are_cleaned_and_rows_accounted(fresh_scripted, tmp_path, mode):
     rows = pool_rows("Balance this redox equation: Fe + O2", "Say nothing", "Garbage please", "Write a haiku about rain")
     prompt = load_prompt(PROMPT)
 
-    result = run_stage_shard(store, PIPELINE, "tagging", DS, 0, rows, role(fresh_scripted, mode), lambda c: Tagging(c, prompt))
+    result = run_stage_shard(store, PIPELINE, "tagging", DS, 0, rows, role(fresh_scripted, mode), lambda c: Tagging(c))
     funnel = commit_stage(store, PIPELINE, "tagging", DS, TAGGED_SCHEMA, [result.to_dict()])
 
     assert funnel["rows_in"] == 4 and funnel["rows_out"] == 2

@@ -24,9 +24,9 @@ from airflow.sdk import task
 from infinisynth.spec import PipelineSpec
 
 MAP_INDEX = "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"
-MODEL_TASK = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": MAP_INDEX}
-BATCH_TASK = {"max_active_tis_per_dagrun": 2, "map_index_template": MAP_INDEX}
-REDUCE = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still commits
+MODEL_TASK: dict[str, Any] = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": MAP_INDEX}
+BATCH_TASK: dict[str, Any] = {"max_active_tis_per_dagrun": 2, "map_index_template": MAP_INDEX}
+REDUCE: dict[str, Any] = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still commits
 
 
 def context(spec: PipelineSpec, params: Mapping[str, Any], ds: str) -> Any:
@@ -86,6 +86,8 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
                 finished[name] >> done
             mapped[step.name] = done
             if spec.committed_by(step.name) is None:
-                done = commit.override(task_id=f"commit_{step.name}", outlets=list(outlets.get(step.name, ())))(step=step.name, results=done)
+                done = commit.override(task_id=f"commit_{step.name}", outlets=list(outlets.get(step.name, ())))(
+                    step=step.name, results=done
+                )
         finished[step.name] = done
     return finished

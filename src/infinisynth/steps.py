@@ -24,7 +24,7 @@ from infinisynth.llm import RoleConfig
 from infinisynth.records import REJECTED_SCHEMA
 from infinisynth.settings import ConnectionLookup, env_connection, role_config
 from infinisynth.shards import ShardResult, commit_stage, run_batch_shard, run_stage_shard
-from infinisynth.spec import PipelineSettings, PipelineSpec, Step
+from infinisynth.spec import PipelineSpec, Step
 from infinisynth.stages.base import ModelStage, StepOutput
 from infinisynth.storage import Store
 
@@ -49,7 +49,7 @@ class RunContext:
     spec: PipelineSpec
     store: Store
     ds: str  # the partition key: the logical date (the diagnosis loop adds its iteration)
-    settings: PipelineSettings
+    settings: Any  # the pipeline's settings model (a PipelineSettings subclass)
     roles: RoleResolver | None = None
     lookup: ConnectionLookup = env_connection
 
@@ -147,9 +147,13 @@ def write_stage(ctx: RunContext, stage: str, output: StepOutput, schema: pa.Sche
     size = int(getattr(ctx.settings, "shard_size", 0) or max(output.table.num_rows, 1))
     offsets = range(0, output.table.num_rows, size) or [0]
     files = [partition.write_table(n, output.table.slice(offset, size), schema) for n, offset in enumerate(offsets)]
-    rejected = ctx.store.rejected(ctx.spec.name, stage, ctx.ds).write_table(0, pa.Table.from_pylist(output.rejected, schema=REJECTED_SCHEMA), REJECTED_SCHEMA)
+    rejected = ctx.store.rejected(ctx.spec.name, stage, ctx.ds).write_table(
+        0, pa.Table.from_pylist(output.rejected, schema=REJECTED_SCHEMA), REJECTED_SCHEMA
+    )
     by_reason = Counter(row["reason"] for row in output.rejected)
-    first = ShardResult(shard=0, rows_in=output.rows_in, output=files[0].to_dict(), rejected=rejected.to_dict(), rejected_by_reason=dict(by_reason))
+    first = ShardResult(
+        shard=0, rows_in=output.rows_in, output=files[0].to_dict(), rejected=rejected.to_dict(), rejected_by_reason=dict(by_reason)
+    )
     rest = [ShardResult(shard=n, rows_in=0, output=f.to_dict()) for n, f in enumerate(files[1:], 1)]
     results = [r.to_dict() for r in (first, *rest)]
     return commit_stage(ctx.store, ctx.spec.name, stage, ctx.ds, schema, results, meta=output.meta)

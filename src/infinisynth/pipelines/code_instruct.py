@@ -167,7 +167,10 @@ class Publish(GlobalStep):
         funnel = night_funnel(ctx)
         complexity = complexity_by_origin(ctx.store, ctx.ds)
         log.info("code_instruct %s funnel\n%s", ctx.ds, funnel_table(funnel))
-        log.info("lint gate discard rate by language\n%s", discard_table(ctx.partition(VERIFY_STAGE).manifest().meta.get("discard_by_language", {})))
+        log.info(
+            "lint gate discard rate by language\n%s",
+            discard_table(ctx.partition(VERIFY_STAGE).manifest().meta.get("discard_by_language", {})),
+        )
         log.info("complexity by origin (paper: seed 3.17, reverse 5.85, backfeed 6.83): %s", canonical_json(complexity))
         meta = {
             "funnel": funnel,
@@ -193,4 +196,3 @@ def complexity_by_origin(store: Store, ds: str) -> dict[str, dict[str, float]]:
                 facts = json.loads(evidence)
                 values.setdefault(facts["origin"], []).append(facts["complexity"])
     return {origin: {"mean": round(fmean(v), 2), "problems": len(v)} for origin, v in sorted(values.items())}
-

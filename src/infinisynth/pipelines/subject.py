@@ -38,6 +38,7 @@ from infinisynth.prompts import load_prompt
 from infinisynth.records import REJECTED_SCHEMA, content_id, schema_with
 from infinisynth.runner import Stage
 from infinisynth.shards import commit_stage, funnel_table, run_stage_shard
+from infinisynth.stages.base import ModelStage
 from infinisynth.stages.publish import MESSAGE_TYPE, SFT_DEFAULTS
 from infinisynth.storage import Store
 from infinisynth.subject import report as subject_report
@@ -361,59 +362,62 @@ def _stage_factory(stage: str, settings: SubjectSettings) -> Callable[[LLMClient
     if kind == TAGGING_STAGE:
         from infinisynth.subject.tagging import Tagging
 
-        prompt = load_prompt(PROMPTS[TAGGING_STAGE])
-        return lambda client: Tagging(client, prompt)
+        return lambda client: Tagging(client, name=stage)
     if kind == LOSS_STAGE:
         from infinisynth.subject.losses import ResponseLosses
 
-        return lambda client: ResponseLosses(client, input_schema=tags_schema())
+        return lambda client: ResponseLosses(client, name=stage, input_schema=tags_schema())
     if kind == "evolve":
         evolution = EvolutionSettings(sampling_seed=settings.sampling_seed)
-        prompt = load_prompt(PROMPTS["evolve"])
-        return lambda client: Evolution(client, prompt, evolution)
+        return lambda client: Evolution(client, evolution, name=stage)
     if kind == "oracle":
-        oracle, evolution_prompt = load_prompt(PROMPTS["oracle"]), load_prompt(PROMPTS["evolve"])
         check = OracleSettings(copy_ngram_words=settings.copy_ngram_words, model_verdict=settings.oracle_verdict)
-        return lambda client: OracleCheck(client, oracle, evolution_prompt, check)
+        return lambda client: OracleCheck(client, check, name=stage)
     if kind == RESPOND_STAGE:
-        prompt = load_prompt(PROMPTS[RESPOND_STAGE])
-        return lambda client: SurvivorResponse(client, prompt)
+        return lambda client: SurvivorResponse(client, name=stage)
     if kind == MULTITURN_STAGE:
-        followup, response = load_prompt(PROMPTS[MULTITURN_STAGE]), load_prompt(PROMPTS[RESPOND_STAGE])
         turns = MultiTurnSettings(
             min_followups=settings.min_followups, max_followups=settings.max_followups, sampling_seed=settings.sampling_seed
         )
-        return lambda client: MultiTurn(client, followup, response, turns)
+        return lambda client: MultiTurn(client, turns, name=stage)
     if kind in (SEED_DIFFICULTY_STAGE, EVOLVED_DIFFICULTY_STAGE):
-        prompt, scoring = load_prompt(PROMPTS[kind]), DifficultySettings(samples=settings.difficulty_samples)
-        return lambda client: Difficulty(client, prompt, scoring)
+        scoring = DifficultySettings(samples=settings.difficulty_samples)
+        return lambda client: Difficulty(client, scoring, name=stage)
     raise ValueError(f"{stage!r} is not a model-calling stage of {PIPELINE}")
 
 
-def stage_schema(stage: str) -> pa.Schema:
+def _stage_class(stage: str) -> type[ModelStage]:
     kind = kind_of(stage)
     if kind == TAGGING_STAGE:
-        from infinisynth.subject.tagging import TAGGED_SCHEMA
+        from infinisynth.subject.tagging import Tagging
 
-        return TAGGED_SCHEMA
+        return Tagging
     if kind == LOSS_STAGE:
+        from infinisynth.subject.losses import ResponseLosses
+
+        return ResponseLosses
+    classes: dict[str, type[ModelStage]] = {
+        "evolve": Evolution,
+        "oracle": OracleCheck,
+        RESPOND_STAGE: SurvivorResponse,
+        MULTITURN_STAGE: MultiTurn,
+    }
+    return classes[kind] if kind in classes else Difficulty
+
+
+def stage_schema(stage: str) -> pa.Schema:
+    if kind_of(stage) == LOSS_STAGE:
         from infinisynth.subject.losses import loss_schema
 
         return loss_schema(tags_schema())
-    classes = {"evolve": Evolution, "oracle": OracleCheck, RESPOND_STAGE: SurvivorResponse, MULTITURN_STAGE: MultiTurn}
-    return classes[kind].schema if kind in classes else Difficulty.schema
+    return _stage_class(stage).schema
 
 
 def commit(
     store: Store, ds: str, stage: str, shard_results: list[dict[str, Any]], roles: RoleResolver, settings: SubjectSettings
 ) -> dict[str, Any]:
     """Publish every shard of ``stage`` at once, with its prompt versions and role settings."""
-    kind = kind_of(stage)
-    prompts = [PROMPTS[kind]] if kind in PROMPTS else []
-    if kind == "oracle":
-        prompts.append(PROMPTS["evolve"])  # its copy check reads the evolution prompt
-    if kind == MULTITURN_STAGE:
-        prompts.append(PROMPTS[RESPOND_STAGE])
+    prompts = _stage_class(stage).prompt_files()  # the oracle's includes the evolution prompt its copy check reads
     role = role_for(stage, roles, settings)
     meta = {"prompt_versions": {p: load_prompt(p).version for p in prompts}, "roles": {role.role: role.public_dict()}}
     return commit_stage(store, PIPELINE, stage, ds, stage_schema(stage), shard_results, meta=meta)

@@ -1,8 +1,8 @@
 """Infinite-Instruct, the code-instruction pipeline, declared.
 
-    seeds -> reverse -> keywords -> [knowledge graph -> combinations] -> backfeed
-          -> quality (reverse + backfeed problems) -> respond -> verify (static lint gate) -> dataset
-    seeds -> seed_quality (the seeds' own problems, for the complexity-by-origin report)
+seeds -> reverse -> keywords -> [knowledge graph -> combinations] -> backfeed
+      -> quality (reverse + backfeed problems) -> respond -> verify (static lint gate) -> dataset
+seeds -> seed_quality (the seeds' own problems, for the complexity-by-origin report)
 """
 
 from __future__ import annotations
@@ -17,9 +17,15 @@ PIPELINE = "code_instruct"
 class CodeInstructSettings(PipelineSettings):
     """A run's settings, with the paper's defaults: every field is a Param of the DAG."""
 
-    seed_source: str = Field("mine", description="'mine' to mine snippets from seed_roots, or a Magicoder-OSS-Instruct-shaped Parquet/JSONL path")
-    seed_roots: list[str] = Field(default_factory=list, description="Source trees to mine; empty = the Python standard library and global npm modules")
-    seed_languages: list[str] = Field(default_factory=list, description="Languages to keep (python, javascript, java, cpp, sql, ...); empty = all")
+    seed_source: str = Field(
+        "mine", description="'mine' to mine snippets from seed_roots, or a Magicoder-OSS-Instruct-shaped Parquet/JSONL path"
+    )
+    seed_roots: list[str] = Field(
+        default_factory=list, description="Source trees to mine; empty = the Python standard library and global npm modules"
+    )
+    seed_languages: list[str] = Field(
+        default_factory=list, description="Languages to keep (python, javascript, java, cpp, sql, ...); empty = all"
+    )
     max_seeds: int = Field(200, gt=0, description="Seed snippets per night")
     shard_size: int = Field(50, gt=0, description="Rows per mapped task")
     mining_seed: int = Field(0, description="Random seed for snippet mining")
@@ -39,9 +45,14 @@ class CodeInstructSettings(PipelineSettings):
     lint_gate: bool = Field(True, description="Discard pairs whose code has an error-level lint finding (off: publish unchecked)")
     lint_max_code_bytes: int = Field(256 * 1024, gt=0, description="Larger code blocks fail the gate unread")
     lint_timeout_scale: float = Field(1.0, gt=0, description="Multiplies every linter's time budget")
-    score_seed_problems: bool = Field(True, description="Judge the seeds' own problems (Magicoder files) for the complexity-by-origin report")
+    score_seed_problems: bool = Field(
+        True, description="Judge the seeds' own problems (Magicoder files) for the complexity-by-origin report"
+    )
     holdout_fraction: float = Field(
-        0.05, ge=0, lt=1, description="Share of published pairs held out (by prompt hash) as the deficiency-diagnosis exam; never in the dataset"
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of published pairs held out (by prompt hash) as the deficiency-diagnosis exam; never in the dataset",
     )
 
 
@@ -52,7 +63,13 @@ SPEC = PipelineSpec(
     CodeInstructSettings,
     (
         Step("seeds", "infinisynth.pipelines.code_instruct:PrepareSeeds", "global", task="prepare_seeds"),
-        Step("reverse", "infinisynth.stages.reverse:ReverseConstruction", upstream=("seeds",), task="reverse_construct", settings=_PROBLEM_CHECKS),
+        Step(
+            "reverse",
+            "infinisynth.stages.reverse:ReverseConstruction",
+            upstream=("seeds",),
+            task="reverse_construct",
+            settings=_PROBLEM_CHECKS,
+        ),
         Step(
             "seed_quality",
             "infinisynth.pipelines.code_instruct:SeedProblemQuality",
@@ -63,9 +80,20 @@ SPEC = PipelineSpec(
             enabled_by="score_seed_problems",
         ),
         Step("keywords", "infinisynth.stages.keywords:KeywordExtraction", upstream=("reverse",), task="extract_keywords"),
-        Step("combinations", "infinisynth.pipelines.code_instruct:PlanBackfeed", "global", upstream=("keywords",), task="build_knowledge_graph", in_funnel=False),
         Step(
-            "backfeed", "infinisynth.stages.backfeed:BackfeedConstruction", upstream=("combinations",), task="backfeed_construct", settings=_PROBLEM_CHECKS
+            "combinations",
+            "infinisynth.pipelines.code_instruct:PlanBackfeed",
+            "global",
+            upstream=("keywords",),
+            task="build_knowledge_graph",
+            in_funnel=False,
+        ),
+        Step(
+            "backfeed",
+            "infinisynth.stages.backfeed:BackfeedConstruction",
+            upstream=("combinations",),
+            task="backfeed_construct",
+            settings=_PROBLEM_CHECKS,
         ),
         Step(
             "quality",
@@ -75,7 +103,21 @@ SPEC = PipelineSpec(
             settings={"samples": "quality_samples", "threshold": "quality_threshold"},
         ),
         Step("respond", "infinisynth.stages.respond:ResponseGeneration", upstream=("quality",), task="generate_responses"),
-        Step("verify", "infinisynth.stages.verify:StaticVerification", "batch", upstream=("respond",), task="verify_responses", funnel_meta=("discard_by_language",)),
-        Step("dataset", "infinisynth.pipelines.code_instruct:Publish", "global", upstream=("verify", "seed_quality"), task="publish", in_funnel=False),
+        Step(
+            "verify",
+            "infinisynth.stages.verify:StaticVerification",
+            "batch",
+            upstream=("respond",),
+            task="verify_responses",
+            funnel_meta=("discard_by_language",),
+        ),
+        Step(
+            "dataset",
+            "infinisynth.pipelines.code_instruct:Publish",
+            "global",
+            upstream=("verify", "seed_quality"),
+            task="publish",
+            in_funnel=False,
+        ),
     ),
 )

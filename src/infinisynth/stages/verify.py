@@ -84,7 +84,10 @@ class StaticVerification(BatchStage):
         rates = discard_rates(shard_stats)
         where = lint_service_url(ctx.lookup) or "in-process"
         log.info("%s lint gate discard rate by language (paper: about 10%%)\n%s", ctx.spec.name, discard_table(rates))
-        return {"discard_by_language": rates, "lint_gate": {"enabled": stage.enabled, "fingerprint": stage.fingerprint() if stage.enabled else None, "where": where}}
+        return {
+            "discard_by_language": rates,
+            "lint_gate": {"enabled": stage.enabled, "fingerprint": stage.fingerprint() if stage.enabled else None, "where": where},
+        }
 
 
 def discard_rates(shard_stats: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -8,17 +8,16 @@ with the judge's failure reason, so it is visible rather than silently missing f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from statistics import fmean
-from typing import Any, Literal
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from infinisynth.llm import LLMClient, LLMRejection
-from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected
+from infinisynth.llm import LLMRejection
+from infinisynth.records import schema_with
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings
 
 # An enum, not a range: grammar-constrained decoders (llama.cpp) enforce enums but not bounds.
 Score = Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
@@ -38,30 +37,29 @@ class DifficultyAnswer(BaseModel):
     rationale: str = Field("", max_length=500)
 
 
-@dataclass(frozen=True)
-class DifficultySettings:
+class DifficultySettings(StageSettings):
     samples: int = 1
 
 
-class Difficulty:
+class Difficulty(ModelStage):
+    """Scores rows in place (same id); the pipeline runs it as ``difficulty_seeds`` and ``difficulty_evolved``."""
+
     name = "difficulty"
     schema = DIFFICULTY_SCHEMA
+    prompt = "subject_difficulty"
+    role = "judge"
+    Settings = DifficultySettings
+    answer = DifficultyAnswer
+    settings: DifficultySettings
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: DifficultySettings = DifficultySettings()):
-        self.client = client
-        self.prompt = prompt
-        self.settings = settings
+    def format_input(self, row: Row) -> Messages:
+        return self.template.render(instruction=row["instruction"])
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, self.settings.samples)
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        messages = self.prompt.render(instruction=row["instruction"])
-        samples = await self.client.structured_samples(messages, DifficultyAnswer, stage=self.name, n=self.settings.samples)
-        valid = [s for s in samples if isinstance(s, DifficultyAnswer)]
+    def format_output(self, row: Row, answer: Sequence[DifficultyAnswer | LLMRejection]) -> Outcome:
+        """``answer``: the ``samples`` ratings of the row, each an answer or the judge's failure."""
+        valid = [s for s in answer if isinstance(s, DifficultyAnswer)]
         if not valid:
-            failure = next(s for s in samples if isinstance(s, LLMRejection))
+            failure = next(s for s in answer if isinstance(s, LLMRejection))
             return Rejected(failure.reason, f"no usable difficulty rating of {self.settings.samples}; {failure.detail}", failure.raw_answer)
         return Passed(
             [
@@ -79,3 +77,7 @@ class Difficulty:
                 }
             ]
         )
+
+    async def process(self, row: Row) -> Outcome:
+        samples = await self.client.structured_samples(self.format_input(row), DifficultyAnswer, stage=self.name, n=self.settings.samples)
+        return self.format_output(row, samples)

@@ -21,17 +21,13 @@ stage once per generation over the survivors of the previous generation's oracle
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from infinisynth.llm import LLMClient
-from infinisynth.prompts import PromptTemplate
 from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import with_provenance
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings, with_provenance
 
 OPERATIONS = ("add_reasoning", "concretize", "deepen", "in_breadth")
 
@@ -76,8 +72,7 @@ class EvolvedInstruction(BaseModel):
     instruction: str = Field(min_length=1)
 
 
-@dataclass(frozen=True)
-class EvolutionSettings:
+class EvolutionSettings(StageSettings):
     sampling_seed: int = 0
     min_chars: int = 10
     max_chars: int = 8_000
@@ -103,23 +98,28 @@ def prompt_values(instruction: str, operation: str, tags: list[str] | None, doma
     return {"instruction": instruction, "operation": operation, "tags": list(tags or []), "domains": list(domains or [])}
 
 
-class Evolution:
+class Evolution(ModelStage):
+    """One generation: each row evolves into a row of the next generation.
+
+    The provenance key is ``evolve_g{generation}`` of the row it makes (the pipeline's step name),
+    and it extends the parent's provenance, so a row carries every generation it went through.
+    """
+
     name = "evolve"
     schema = EVOLVED_SCHEMA
+    prompt = "subject_evolution"
+    role = "generator"
+    Settings = EvolutionSettings
+    answer = EvolvedInstruction
+    origin = "evolved"
+    id_prefix = "evolved"
+    settings: EvolutionSettings
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: EvolutionSettings = EvolutionSettings()):
-        self.client = client
-        self.prompt = prompt
-        self.settings = settings
-
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, self.settings.__dict__)
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
+    def format_input(self, row: Row) -> Messages:
         operation = choose_operation(row, self.settings.sampling_seed)
-        values = prompt_values(row["instruction"], operation, row.get("tags"), row.get("domains"))
-        answer = await self.client.structured(self.prompt.render(**values), EvolvedInstruction, stage=self.name)
+        return self.template.render(**prompt_values(row["instruction"], operation, row.get("tags"), row.get("domains")))
+
+    def format_output(self, row: Row, answer: EvolvedInstruction) -> Outcome:
         instruction = answer.instruction.strip()
         if len(instruction) < self.settings.min_chars:
             return Rejected(
@@ -133,26 +133,22 @@ class Evolution:
                 f"evolved instruction has {len(instruction)} characters; at most {self.settings.max_chars} allowed",
                 raw_answer=instruction,
             )
+        operation = choose_operation(row, self.settings.sampling_seed)
         generation = int(row.get("generation") or 0) + 1
-        new_id = content_id("evolved", row["id"], operation, instruction)
-        seed_id = row.get("seed_id") or row["id"]
-        return Passed(
-            [
-                {
-                    "id": new_id,
-                    "parent_ids": [row["id"], *(row.get("parent_ids") or [])],
-                    "origin": "evolved",
-                    "lang": row.get("lang"),
-                    "instruction": instruction,
-                    "tags": row.get("tags") or [],
-                    "domains": row.get("domains") or [],
-                    "selection_reasons": row.get("selection_reasons") or [],
-                    "seed_id": seed_id,
-                    "generation": generation,
-                    "lineage": [*(row.get("lineage") or []), {"generation": generation, "operation": operation, "id": new_id}],
-                    "provenance": with_provenance(row, f"evolve_g{generation}", self.prompt.version, self.client.config.model),
-                    "parent_instruction": row["instruction"],
-                    "operation": operation,
-                }
-            ]
+        evolved = self.derive(
+            row,
+            operation,
+            instruction,
+            instruction=instruction,
+            tags=row.get("tags") or [],
+            domains=row.get("domains") or [],
+            selection_reasons=row.get("selection_reasons") or [],
+            seed_id=row.get("seed_id") or row["id"],
+            generation=generation,
+            parent_instruction=row["instruction"],
+            operation=operation,
         )
+        evolved["lineage"] = [*(row.get("lineage") or []), {"generation": generation, "operation": operation, "id": evolved["id"]}]
+        # The parent's provenance goes on: a row carries every generation that made it.
+        evolved["provenance"] = with_provenance(row, f"evolve_g{generation}", self.template.version, self.model)
+        return Passed([evolved])

@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from infinisynth.llm import LLMClient, RoleConfig, UsageMeter
 from infinisynth.records import content_id
-from infinisynth.runner import Outcome, Passed, Rejected
+from infinisynth.stages.base import ModelStage, Outcome, Passed, Rejected, Row, StageSettings
 from infinisynth.subject.tagging import TAGGED_SCHEMA
 
 STAGE = "losses"
@@ -70,8 +70,7 @@ class ResponseLoss:
         return self.loss_alone - self.loss_given_instruction
 
 
-@dataclass(frozen=True)
-class LossSettings:
+class LossSettings(StageSettings):
     max_instruction_chars: int = 6_000  # long texts are cut so both fit the base model's context
     max_response_chars: int = 6_000
 
@@ -92,7 +91,8 @@ async def text_loss(client: LLMClient, prefix: str, text: str, *, stage: str = S
     return -sum(scores) / len(scores), len(scores)
 
 
-async def response_loss(client: LLMClient, instruction: str, response: str, settings: LossSettings = LossSettings()) -> ResponseLoss:
+async def response_loss(client: LLMClient, instruction: str, response: str, settings: LossSettings | None = None) -> ResponseLoss:
+    settings = settings if settings is not None else LossSettings()
     instruction = instruction[: settings.max_instruction_chars]
     response = response[: settings.max_response_chars]
     (given, tokens), (alone, _) = await asyncio.gather(
@@ -102,7 +102,7 @@ async def response_loss(client: LLMClient, instruction: str, response: str, sett
     return ResponseLoss(loss_given_instruction=given, loss_alone=alone, tokens=tokens)
 
 
-def response_losses(role: RoleConfig, rows: Sequence[dict[str, Any]], settings: LossSettings = LossSettings()) -> list[ResponseLoss]:
+def response_losses(role: RoleConfig, rows: Sequence[dict[str, Any]], settings: LossSettings | None = None) -> list[ResponseLoss]:
     """Losses of many rows outside the runner (benchmarks, notebooks); failures raise."""
 
     async def go() -> list[ResponseLoss]:
@@ -112,30 +112,38 @@ def response_losses(role: RoleConfig, rows: Sequence[dict[str, Any]], settings: 
     return asyncio.run(go())
 
 
-class ResponseLosses:
-    """A stage over shard rows (role ``base``): the input row plus the loss columns."""
+class ResponseLosses(ModelStage):
+    """A stage over shard rows (role ``base``): the input row plus the loss columns.
+
+    No prompt file: the texts it scores are the templates above (``TEMPLATE_VERSION``, part of the
+    cache key). Its output schema is ``input_schema`` with the loss columns.
+    """
 
     name = STAGE
     schema = LOSSES_SCHEMA
+    prompt = ""
+    role = ROLE
+    Settings = LossSettings
+    settings: LossSettings
 
-    def __init__(self, client: LLMClient, settings: LossSettings = LossSettings(), input_schema: pa.Schema | None = None):
-        self.client = client
-        self.settings = settings
+    def __init__(
+        self,
+        client: LLMClient,
+        settings: LossSettings | None = None,
+        *,
+        name: str | None = None,
+        prompt_dir: str | None = None,
+        input_schema: pa.Schema | None = None,
+    ):
+        super().__init__(client, settings, name=name, prompt_dir=prompt_dir)
         if input_schema is not None:
             self.schema = loss_schema(input_schema)
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        return content_id(TEMPLATE_VERSION, self.client.config.model, asdict(self.settings))
+    def fingerprint(self) -> str:
+        return content_id(super().fingerprint(), TEMPLATE_VERSION)
 
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        if not (row.get("response") or "").strip():
-            # Nothing to score: the row goes on (tags can still select it), its losses stay empty.
-            return Passed([{**row, **_no_losses("no_response")}])
-        try:
-            loss = await response_loss(self.client, row["instruction"], row["response"], self.settings)
-        except NoLogprobs as exc:
-            return Rejected("no_logprobs", str(exc))
-        values = (loss.loss_given_instruction, loss.loss_alone)
+    def format_output(self, row: Row, answer: ResponseLoss) -> Outcome:
+        values = (answer.loss_given_instruction, answer.loss_alone)
         if not all(math.isfinite(v) for v in values):
             return Rejected(
                 "non_finite_loss",
@@ -146,14 +154,24 @@ class ResponseLosses:
             [
                 {
                     **row,
-                    "loss_conditional": loss.loss_given_instruction,
-                    "loss_unconditional": loss.loss_alone,
-                    "loss_reduction": loss.reduction,
-                    "loss_tokens": loss.tokens,
+                    "loss_conditional": answer.loss_given_instruction,
+                    "loss_unconditional": answer.loss_alone,
+                    "loss_reduction": answer.reduction,
+                    "loss_tokens": answer.tokens,
                     "loss_note": None,
                 }
             ]
         )
+
+    async def process(self, row: Row) -> Outcome:
+        if not (row.get("response") or "").strip():
+            # Nothing to score: the row goes on (tags can still select it), its losses stay empty.
+            return Passed([{**row, **_no_losses("no_response")}])
+        try:
+            loss = await response_loss(self.client, row["instruction"], row["response"], self.settings)
+        except NoLogprobs as exc:
+            return Rejected("no_logprobs", str(exc))
+        return self.format_output(row, loss)
 
 
 def _no_losses(note: str) -> dict[str, Any]:

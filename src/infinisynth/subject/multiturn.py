@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from infinisynth.llm import LLMClient
 from infinisynth.llm.client import ChatAnswer
-from infinisynth.prompts import PromptTemplate
 from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import with_provenance
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings
 from infinisynth.stages.publish import MESSAGE_TYPE
 from infinisynth.subject.evolve import CHAIN_FIELDS, EVOLVED_FIELDS
 from infinisynth.subject.oracle import VERIFIED_FIELDS, words
@@ -60,36 +55,33 @@ def check_answer(answer: ChatAnswer, max_tokens: int) -> tuple[str, str] | None:
     return None
 
 
-class SurvivorResponse:
+class SurvivorResponse(ModelStage):
     name = "respond"
     schema = ANSWERED_SCHEMA
+    prompt = "subject_response"
+    role = "generator"
+    answer = None  # plain chat
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate):
-        self.client = client
-        self.prompt = prompt
+    def format_input(self, row: Row) -> Messages:
+        return self.template.render(instruction=row["instruction"])
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, config.max_tokens)
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        answer = await self.client.chat(self.prompt.render(instruction=row["instruction"]), stage=self.name)
+    def format_output(self, row: Row, answer: ChatAnswer) -> Outcome:
         problem = check_answer(answer, self.client.config.max_tokens)
         if problem is not None:
             return Rejected(*problem, raw_answer=answer.text)
-        provenance = with_provenance(row, self.name, self.prompt.version, self.client.config.model)
-        return Passed([{**row, "response": answer.text.strip(), "provenance": provenance}])
+        return Passed([self.annotate(row, response=answer.text.strip())])
 
 
-@dataclass(frozen=True)
-class MultiTurnSettings:
+class MultiTurnSettings(StageSettings):
     min_followups: int = 1
     max_followups: int = 4
     sampling_seed: int = 0
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _followups_ordered(self) -> MultiTurnSettings:
         if not 1 <= self.min_followups <= self.max_followups:
             raise ValueError(f"follow-ups must satisfy 1 <= min ({self.min_followups}) <= max ({self.max_followups})")
+        return self
 
 
 def followup_count(row_id: str, settings: MultiTurnSettings) -> int:
@@ -97,44 +89,36 @@ def followup_count(row_id: str, settings: MultiTurnSettings) -> int:
     return rng.randint(settings.min_followups, settings.max_followups)
 
 
-class MultiTurn:
+class MultiTurn(ModelStage):
+    """One row, several calls: per round a follow-up question (structured), then its answer (chat)."""
+
     name = "multiturn"
     schema = CONVERSATION_SCHEMA
+    prompt = "subject_followup"
+    also_renders = (SurvivorResponse.prompt,)  # its system message is the answering persona
+    role = "generator"
+    Settings = MultiTurnSettings
+    answer = FollowUp
+    origin = "multiturn"
+    settings: MultiTurnSettings
 
-    def __init__(
-        self,
-        client: LLMClient,
-        followup_prompt: PromptTemplate,
-        response_prompt: PromptTemplate,
-        settings: MultiTurnSettings = MultiTurnSettings(),
-    ):
-        self.client = client
-        self.followup_prompt = followup_prompt
-        self.response_prompt = response_prompt
-        self.settings = settings
+    def format_input(self, row: Row, messages: Messages | None = None, turn: int = 1) -> Messages:
+        """The follow-up prompt for round ``turn`` of the conversation so far (``messages``)."""
+        messages = messages if messages is not None else opening(row)
+        return self.template.render(messages=messages, tags=list(row.get("tags") or []), domains=list(row.get("domains") or []), turn=turn)
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(
-            self.followup_prompt.version,
-            self.response_prompt.version,
-            config.model,
-            config.temperature,
-            config.seed,
-            config.max_tokens,
-            self.settings.__dict__,
-        )
+    def format_output(self, row: Row, answer: Messages) -> Outcome:
+        """``answer``: the finished conversation, the opening pair and every follow-up round."""
+        conversation = self.derive(row, answer, messages=answer, followups=(len(answer) - 2) // 2)
+        return Passed([{**row, **conversation, "provenance": self.provenance(row)}])
 
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        messages = [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["response"]}]
+    async def process(self, row: Row) -> Outcome:
+        messages = opening(row)
         # The answering persona is the response prompt's system message; the turns are the real ones.
-        system = [m for m in self.response_prompt.render(instruction=row["instruction"]) if m["role"] == "system"]
+        system = [m for m in self.prompts[SurvivorResponse.prompt].render(instruction=row["instruction"]) if m["role"] == "system"]
         wanted = followup_count(row["id"], self.settings)
         for turn in range(1, wanted + 1):
-            ask = self.followup_prompt.render(
-                messages=messages, tags=list(row.get("tags") or []), domains=list(row.get("domains") or []), turn=turn
-            )
-            question = (await self.client.structured(ask, FollowUp, stage=self.name)).question.strip()
+            question = (await self.client.structured(self.format_input(row, messages, turn), FollowUp, stage=self.name)).question.strip()
             earlier = [m["content"] for m in messages if m["role"] == "user"]
             if not words(question) or any(words(question) == words(e) for e in earlier):
                 return Rejected(
@@ -146,16 +130,9 @@ class MultiTurn:
                 reason, detail = problem
                 return Rejected(reason, f"answer to follow-up {turn} of {wanted}: {detail}", raw_answer=answer.text)
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text.strip()}]
-        return Passed(
-            [
-                {
-                    **row,
-                    "id": content_id("multiturn", row["id"], messages),
-                    "parent_ids": [row["id"], *(row.get("parent_ids") or [])],
-                    "origin": "multiturn",
-                    "messages": messages,
-                    "followups": wanted,
-                    "provenance": with_provenance(row, self.name, self.followup_prompt.version, self.client.config.model),
-                }
-            ]
-        )
+        return self.format_output(row, messages)
+
+
+def opening(row: Row) -> Messages:
+    """The single-turn pair a conversation starts from."""
+    return [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["response"]}]

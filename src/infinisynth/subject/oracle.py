@@ -20,18 +20,13 @@ empty answer there rejects the instruction too (Evol-Instruct's "the model canno
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from infinisynth.llm import LLMClient
-from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import with_provenance
-from infinisynth.subject.evolve import CHAIN_FIELDS, EVOLVED_FIELDS, prompt_values
+from infinisynth.records import schema_with
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings, with_provenance
+from infinisynth.subject.evolve import CHAIN_FIELDS, EVOLVED_FIELDS, Evolution, prompt_values
 
 VERIFIED_FIELDS = [pa.field("oracle_explanation", pa.string())]
 VERIFIED_SCHEMA = schema_with(*CHAIN_FIELDS, *EVOLVED_FIELDS, *VERIFIED_FIELDS)
@@ -45,8 +40,7 @@ class OracleVerdict(BaseModel):
     explanation: str = Field("", max_length=600)
 
 
-@dataclass(frozen=True)
-class OracleSettings:
+class OracleSettings(StageSettings):
     copy_ngram_words: int = 6  # a run this long shared with the prompt (and not the parent) is a copy
     # False: deterministic checks only. For demos on tiny models, whose verdicts reject nearly
     # everything; nightly runs keep the oracle's verdict.
@@ -74,28 +68,26 @@ def same_text(a: str, b: str) -> bool:
     return words(a) == words(b)
 
 
-class OracleCheck:
+class OracleCheck(ModelStage):
+    """The checks above, cheapest first; survivors keep their row and id.
+
+    The provenance key is ``oracle_g{generation}`` of the row (the pipeline's step name).
+    """
+
     name = "oracle"
     schema = VERIFIED_SCHEMA
+    prompt = "subject_oracle_check"
+    also_renders = (Evolution.prompt,)  # the copy check re-renders the evolution prompt
+    role = "oracle"
+    Settings = OracleSettings
+    answer = OracleVerdict
+    settings: OracleSettings
 
-    def __init__(
-        self, client: LLMClient, prompt: PromptTemplate, evolution_prompt: PromptTemplate, settings: OracleSettings = OracleSettings()
-    ):
-        self.client = client
-        self.prompt = prompt
-        self.evolution_prompt = evolution_prompt
-        self.settings = settings
-
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(
-            self.prompt.version, self.evolution_prompt.version, config.model, config.temperature, config.seed, self.settings.__dict__
-        )
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
+    def deterministic_checks(self, row: Row) -> Rejected | None:
+        """Checks 1 and 2: a rejection, or None if the row goes on."""
         instruction, parent = row["instruction"], row["parent_instruction"]
         tags, domains = list(row.get("tags") or []), list(row.get("domains") or [])
-        rendered = self.evolution_prompt.render(**prompt_values(parent, row["operation"], tags, domains))
+        rendered = self.prompts[Evolution.prompt].render(**prompt_values(parent, row["operation"], tags, domains))
         prompt_text = "\n".join(m["content"] for m in rendered)
         copied = copied_prompt_ngrams(instruction, prompt_text, [parent, *tags, *domains], self.settings.copy_ngram_words)
         if copied:
@@ -108,17 +100,29 @@ class OracleCheck:
             return Rejected(
                 "no_new_information", "the evolved instruction is the same text as its parent", evidence={"operation": row["operation"]}
             )
+        return None
+
+    def format_input(self, row: Row) -> Messages:
+        return self.template.render(
+            parent=row["parent_instruction"], instruction=row["instruction"], operation=row["operation"].replace("_", " ")
+        )
+
+    def format_output(self, row: Row, answer: OracleVerdict) -> Outcome:
+        evidence = {"operation": row["operation"], "adds_information": answer.adds_information, "answerable": answer.answerable}
+        if not answer.adds_information:
+            return Rejected(
+                "no_new_information", answer.explanation or "the oracle found no information gain over the parent", evidence=evidence
+            )
+        if not answer.answerable:
+            return Rejected("unanswerable", answer.explanation or "the oracle judged it unanswerable", evidence=evidence)
+        provenance = with_provenance(row, f"oracle_g{row.get('generation')}", self.template.version, self.model)
+        return Passed([{**row, "oracle_explanation": answer.explanation, "provenance": provenance}])
+
+    async def process(self, row: Row) -> Outcome:
+        rejected = self.deterministic_checks(row)
+        if rejected is not None:
+            return rejected
         if not self.settings.model_verdict:
             provenance = with_provenance(row, f"oracle_g{row.get('generation')}", "deterministic checks only", "-")
             return Passed([{**row, "oracle_explanation": None, "provenance": provenance}])
-        messages = self.prompt.render(parent=parent, instruction=instruction, operation=row["operation"].replace("_", " "))
-        verdict = await self.client.structured(messages, OracleVerdict, stage=self.name)
-        evidence = {"operation": row["operation"], "adds_information": verdict.adds_information, "answerable": verdict.answerable}
-        if not verdict.adds_information:
-            return Rejected(
-                "no_new_information", verdict.explanation or "the oracle found no information gain over the parent", evidence=evidence
-            )
-        if not verdict.answerable:
-            return Rejected("unanswerable", verdict.explanation or "the oracle judged it unanswerable", evidence=evidence)
-        provenance = with_provenance(row, f"oracle_g{row.get('generation')}", self.prompt.version, self.client.config.model)
-        return Passed([{**row, "oracle_explanation": verdict.explanation, "provenance": provenance}])
+        return await super().process(row)

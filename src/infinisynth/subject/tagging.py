@@ -8,17 +8,12 @@ The row keeps its pool id: tagging annotates a conversation, it does not make a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from infinisynth.llm import LLMClient
-from infinisynth.prompts import PromptTemplate
-from infinisynth.records import content_id
-from infinisynth.runner import Outcome, Passed, Rejected
-from infinisynth.stages.problems import with_provenance
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings
 from infinisynth.subject.pool import POOL_SCHEMA
 
 STAGE = "tagging"
@@ -40,8 +35,7 @@ class TagAnswer(BaseModel):
     tags: list[Tag] = Field(min_length=1, max_length=20)
 
 
-@dataclass(frozen=True)
-class TaggingSettings:
+class TaggingSettings(StageSettings):
     min_tags: int = 1
     max_tags: int = 8
     max_tag_words: int = 6  # longer "tags" are sentences the model failed to condense
@@ -49,32 +43,29 @@ class TaggingSettings:
     max_instruction_chars: int = 6_000  # the prompt sees the start of very long instructions
 
 
-class Tagging:
+class Tagging(ModelStage):
     name = STAGE
     schema = TAGGED_SCHEMA
+    prompt = PROMPT
+    role = ROLE
+    Settings = TaggingSettings
+    answer = TagAnswer
+    settings: TaggingSettings
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate, settings: TaggingSettings = TaggingSettings()):
-        self.client = client
-        self.prompt = prompt
-        self.settings = settings
-
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, asdict(self.settings))
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
+    def format_input(self, row: Row) -> Messages:
         instruction = row["instruction"][: self.settings.max_instruction_chars]
-        messages = self.prompt.render(instruction=instruction, min_tags=self.settings.min_tags, max_tags=self.settings.max_tags)
-        answer = await self.client.structured(messages, TagAnswer, stage=self.name)
+        return self.template.render(instruction=instruction, min_tags=self.settings.min_tags, max_tags=self.settings.max_tags)
+
+    def format_output(self, row: Row, answer: TagAnswer) -> Outcome:
         tags = clean_tags(answer.tags, self.settings)
         if not tags:
             return Rejected("no_tags", "no usable tag in the answer (all empty, sentences or repeats)", raw_answer=answer.model_dump_json())
-        provenance = with_provenance(row, self.name, self.prompt.version, self.client.config.model)
-        return Passed([{**row, "raw_tags": tags[: self.settings.max_tags], "provenance": provenance}])
+        return Passed([self.annotate(row, raw_tags=tags[: self.settings.max_tags])])
 
 
-def clean_tags(tags: list[Tag], settings: TaggingSettings = TaggingSettings()) -> list[dict[str, str]]:
+def clean_tags(tags: list[Tag], settings: TaggingSettings | None = None) -> list[dict[str, str]]:
     """Trimmed tags in the model's order, without sentences and case-insensitive repeats."""
+    settings = settings if settings is not None else TaggingSettings()
     seen: set[str] = set()
     kept = []
     for tag in tags:
