@@ -25,10 +25,23 @@ heavy = ["pyarrow", "openai", "torch", "sentence_transformers", "networkx", "lla
 # The library's declarations (specs, Params, the task builder) are light; everything else waits for a task.
 light = {"infinisynth", "infinisynth.spec", "infinisynth.specs", "infinisynth.airflow_dag"}
 heavy += [m for m in sys.modules if m.startswith("infinisynth.") and m not in light and not m.startswith("infinisynth.specs.")]
+
+def defaults(dag):
+    # What the trigger form starts from: every Param's default, and whether they validate as they are.
+    params = {k: dag.params.get_param(k) for k in dag.params}
+    values = {k: p.value for k, p in params.items() if type(p.value).__name__ != "ArgNotSet"}  # required ones have none
+    try:
+        dag.params.validate()
+        valid = True
+    except Exception:
+        valid = False
+    return values, valid
+
 print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "dags": {dag_id: {"tasks": [t.task_id for t in dag.tasks], "schedule": str(dag.schedule),
-                       "catchup": dag.catchup, "params": sorted(dag.params.keys()), "tags": sorted(dag.tags)}
+                       "catchup": dag.catchup, "params": sorted(dag.params.keys()), "tags": sorted(dag.tags),
+                       "defaults": defaults(dag)[0], "defaults_valid": defaults(dag)[1]}
              for dag_id, dag in bag.dags.items()},
     "seconds": elapsed,
     "heavy_imported": [m for m in heavy if m in sys.modules],
@@ -92,3 +105,32 @@ def test_code_instruct_dag_shape():
         "lint_timeout_scale",
     ):
         assert param in dag["params"]
+
+
+# Each DAG's Params are generated from its pipeline's settings model: one declaration per knob.
+SETTINGS = {
+    "code_instruct": ("infinisynth.specs.code_instruct", "CodeInstructSettings"),
+    "subject_instruct": ("infinisynth.specs.subject_instruct", "SubjectSettings"),
+    "deficiency_diagnosis": ("infinisynth.specs.deficiency_diagnosis", "DiagnosisSettings"),
+    "register_model": ("infinisynth.specs.deficiency_diagnosis", "ModelRegistration"),
+}
+
+
+def test_every_dags_params_are_its_settings_fields_with_their_defaults():
+    import importlib
+
+    dags = parse_dags()["dags"]
+    assert set(dags) == set(SETTINGS)
+    for dag_id, (module, name) in SETTINGS.items():
+        model = getattr(importlib.import_module(module), name)
+        assert dags[dag_id]["params"] == sorted(model.model_fields), dag_id
+        expected = {k: f.get_default(call_default_factory=True) for k, f in model.model_fields.items() if not f.is_required()}
+        assert dags[dag_id]["defaults"] == expected, dag_id
+
+
+def test_the_trigger_form_accepts_every_pipelines_defaults():
+    """A DAG whose default Params do not validate has a disabled Trigger button in the UI."""
+    dags = parse_dags()["dags"]
+    for dag_id in ("code_instruct", "subject_instruct", "deficiency_diagnosis"):
+        assert dags[dag_id]["defaults_valid"], dag_id
+    assert not dags["register_model"]["defaults_valid"]  # it asks for the model's endpoint and id

@@ -29,65 +29,76 @@ BATCH_TASK: dict[str, Any] = {"max_active_tis_per_dagrun": 2, "map_index_templat
 REDUCE: dict[str, Any] = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still commits
 
 
-def context(spec: PipelineSpec, params: Mapping[str, Any], ds: str) -> Any:
-    """The run's context inside a task: its store, settings and Airflow's connections."""
+def context(spec: PipelineSpec, params: Mapping[str, Any], ds: str, run: dict[str, Any] | None = None) -> Any:
+    """The run's context inside a task: its store, partition, settings and Airflow's connections."""
     from infinisynth.airflow_env import connection_lookup, run_role, run_store
-    from infinisynth.steps import RunContext
+    from infinisynth.steps import RunContext, context_hook
 
+    if spec.context:
+        return context_hook(spec)(spec, dict(params), ds, run, connection_lookup)
     return RunContext(spec, run_store(dict(params)), ds, spec.settings(**params), roles=run_role, lookup=connection_lookup)
 
 
-def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
-    """Add the pipeline's tasks to the DAG being defined; returns each step's finishing task."""
+def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None = None, run: Any = None) -> dict[str, Any]:
+    """Add the pipeline's tasks to the DAG being defined; returns each step's finishing task.
+
+    ``run``: the output of a task that starts each run (e.g. the diagnosis loop's iteration claim);
+    every task gets it, and the spec's context hook reads it."""
     outlets = outlets or {}
 
     @task(**REDUCE)
-    def global_step(step: str, upstream_results: list[dict] | None = None, params=None, ds=None) -> list[dict]:
+    def global_step(step: str, upstream_results: dict[str, list[dict]] | None = None, run=None, params=None, ds=None) -> list[dict]:
         from infinisynth.steps import run_global_step
 
-        return run_global_step(context(spec, params, ds), step, None if upstream_results is None else list(upstream_results))
+        results = {name: list(r) for name, r in (upstream_results or {}).items()}
+        return run_global_step(context(spec, params, ds, run), step, results)
 
     @task(**MODEL_TASK)
-    def model_step(step: str, shard: dict, params=None, ds=None) -> dict:
+    def model_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
         from infinisynth.steps import run_step_shard
 
-        return run_step_shard(context(spec, params, ds), step, shard)
+        return run_step_shard(context(spec, params, ds, run), step, shard)
 
     @task(**BATCH_TASK)
-    def batch_step(step: str, shard: dict, params=None, ds=None) -> dict:
+    def batch_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
         from infinisynth.steps import run_step_shard
 
-        return run_step_shard(context(spec, params, ds), step, shard)
+        return run_step_shard(context(spec, params, ds, run), step, shard)
 
     @task(**REDUCE)
-    def commit(step: str, results: list[dict], params=None, ds=None) -> list[dict]:
+    def commit(step: str, results: list[dict], run=None, params=None, ds=None) -> list[dict]:
         from infinisynth.steps import commit_step
 
-        return commit_step(context(spec, params, ds), step, list(results))
+        return commit_step(context(spec, params, ds, run), step, list(results))
 
     finished: dict[str, Any] = {}  # step -> the task after which its partition is committed
-    mapped: dict[str, Any] = {}
+    mapped: dict[str, Any] = {}  # mapped step -> its mapped task (whose results its commit reads)
     for step in spec.steps:
+        if step.fused:
+            continue  # runs and commits with the head of its chain
         if not step.mapped:
-            first = spec.step(step.upstream[0]) if step.upstream else None
-            absorbs = first is not None and first.mapped and spec.committed_by(first.name) == step
+            absorbed = spec.absorbed(step)
             done = global_step.override(task_id=step.task_id, outlets=list(outlets.get(step.name, ())))(
-                step=step.name, upstream_results=mapped[first.name] if absorbs and first else None
+                step=step.name, upstream_results={name: mapped[name] for name in absorbed} or None, run=run
             )
-            if absorbs and first:
-                finished[first.name] = done
-            for name in step.upstream[1:] if absorbs else step.upstream:
-                finished[name] >> done
-        else:
-            source = finished[step.upstream[-1]]
-            kind = model_step if step.kind == "model" else batch_step
-            done = kind.override(task_id=step.task_id).partial(step=step.name).expand(shard=source)
-            for name in step.upstream[:-1]:
-                finished[name] >> done
-            mapped[step.name] = done
-            if spec.committed_by(step.name) is None:
-                done = commit.override(task_id=f"commit_{step.name}", outlets=list(outlets.get(step.name, ())))(
-                    step=step.name, results=done
-                )
-        finished[step.name] = done
+            for name in absorbed:
+                for fused in spec.chain(name):
+                    finished[fused.name] = done
+            for name in step.upstream:
+                if name not in absorbed:
+                    finished[name] >> done
+            finished[step.name] = done
+            continue
+        source = finished[step.upstream[-1]]
+        kind = model_step if step.kind == "model" else batch_step
+        done = kind.override(task_id=step.task_id).partial(step=step.name, run=run).expand(shard=source)
+        for name in step.upstream[:-1]:
+            finished[name] >> done
+        mapped[step.name] = done
+        chain = spec.chain(step.name)
+        if spec.committed_by(step.name) is None:
+            task_id = step.commit_task or f"commit_{step.name}"
+            done = commit.override(task_id=task_id, outlets=list(outlets.get(step.name, ())))(step=step.name, results=done, run=run)
+            for fused in chain:
+                finished[fused.name] = done
     return finished

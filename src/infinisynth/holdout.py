@@ -34,7 +34,7 @@ def holdout_fraction(value: float | str | None = None) -> float:
     """The held-out share: ``value``, else ``INFINISYNTH_HOLDOUT_FRACTION``, else 0.05."""
     raw = value if value not in (None, "") else os.environ.get("INFINISYNTH_HOLDOUT_FRACTION", DEFAULT_FRACTION)
     try:
-        fraction = float(raw)  # type: ignore[arg-type]
+        fraction = float(raw)
     except (TypeError, ValueError):
         raise ValueError(f"the held-out fraction must be a number in [0, 1), got {raw!r}") from None
     if not 0.0 <= fraction < 1.0:

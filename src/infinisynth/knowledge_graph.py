@@ -185,18 +185,18 @@ def build_graph(
             _add_weight(graph, a, b, 1.0)
             touched.add(_edge_key(a, b))
         for head, label, tail in relations:
-            a, b = _resolve(graph, head, nodes), _resolve(graph, tail, nodes)
-            if a is None or b is None:
+            head_id, tail_id = _resolve(graph, head, nodes), _resolve(graph, tail, nodes)
+            if head_id is None or tail_id is None:
                 stats.relations_unmatched += 1
                 continue
-            if a == b:
+            if head_id == tail_id:
                 stats.relations_invalid += 1
                 continue
-            data = _add_weight(graph, a, b, relation_weight)
+            data = _add_weight(graph, head_id, tail_id, relation_weight)
             # A new list, never an in-place append: graph.copy() shares attribute values with previous.
             data["relations"] = sorted({*data.get("relations", ()), label})
             stats.relations += 1
-            touched.add(_edge_key(a, b))
+            touched.add(_edge_key(head_id, tail_id))
         for a, b in touched:
             graph.edges[a, b]["problems"] = graph.edges[a, b].get("problems", 0) + 1
 
@@ -240,10 +240,11 @@ def _parse_row(row: Mapping[str, Any], stats: GraphStats) -> tuple[str, list[str
     relations: set[tuple[str, str, str]] = set()
     for entry in values[3] or ():
         parts = [normalize_keyword(entry.get(f)) for f in RELATION_FIELDS] if isinstance(entry, Mapping) else [None]
-        if any(p is None for p in parts):
+        texts = [p for p in parts if p is not None]
+        if len(texts) < len(parts):
             stats.relations_invalid += 1
         else:
-            relations.add((parts[0], parts[1], parts[2]))
+            relations.add((texts[0], texts[1], texts[2]))
     return problem_id, sorted(nodes), sorted(relations)
 
 
@@ -418,16 +419,16 @@ class _Sampler:
         self.instruction_open: dict[int, np.ndarray] = {}
         self.candidates: dict[tuple[int, int], _Candidates] = {}
 
-    def _task_weight(self, t: int) -> float:
+    def _task_weight(self, t: int | np.integer[Any]) -> float:
         return self.count[t] ** COUNT_EXPONENT / (1.0 + self.used[t]) ** USED_EXPONENT
 
-    def _neighbours(self, node: int, kind: int) -> tuple[np.ndarray, np.ndarray]:
+    def _neighbours(self, node: int | np.integer[Any], kind: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.indptr[node], self.indptr[node + 1]
         cols, weights = self.cols[lo:hi], self.weights[lo:hi]
         mask = self.kind[cols] == kind
         return cols[mask], weights[mask]
 
-    def _instructions(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+    def _instructions(self, t: int | np.integer[Any]) -> tuple[np.ndarray, np.ndarray]:
         return self._neighbours(t, KINDS.index("instruction"))
 
     def _draw(self, weights: np.ndarray) -> int | None:

@@ -37,7 +37,7 @@ def tables_report(store: Store, ds: str) -> str:
     tables = committed_tables(store, ds)
     if not tables:
         return f"no committed tables for ds={ds} under {store.root_url}"
-    rows = [("pipeline", "table", "rows", "location")]
+    rows: list[tuple[str, str, str | int, str]] = [("pipeline", "table", "rows", "location")]
     rows += [(t.pipeline, t.table, t.rows, t.url) for t in tables]
     return format_table(rows)
 

@@ -154,9 +154,9 @@ async def run_shard(
                 for task in done:
                     task.result()
         if running:
-            for task in await asyncio.gather(*running, return_exceptions=True):
-                if isinstance(task, BaseException):
-                    raise task
+            for returned in await asyncio.gather(*running, return_exceptions=True):
+                if isinstance(returned, BaseException):
+                    raise returned
     finally:
         flush(force=True)  # whatever finished survives a crash of the rest
 

@@ -143,7 +143,7 @@ class _SeedRows:
         if row_id in self.ids:
             return False
         self.ids.add(row_id)
-        row = {
+        row: dict[str, Any] = {
             "id": row_id,
             "parent_ids": [],
             "origin": "seed",

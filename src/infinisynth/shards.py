@@ -62,7 +62,7 @@ def run_stage_shard(
     usage = UsageMeter()
     checkpoint = Checkpoint(store, store.work_dir(pipeline, stage_name, ds, shard))
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go() -> tuple[Stage, ShardRun]:
         async with LLMClient(role, usage) as client:
             stage = make_stage(client)
             run = await run_shard(
@@ -89,7 +89,16 @@ def _write_outcomes(store: Store, pipeline: str, stage_name: str, ds: str, shard
         shard, pa.Table.from_pylist(rejects, schema=REJECTED_SCHEMA), REJECTED_SCHEMA
     )
     by_reason = dict(Counter(r["reason"] for r in rejects))
-    log.info("%s.%s shard %d: %d in, %d out, %d rejected %s", pipeline, stage_name, shard, len(run.outcomes), len(outputs), len(rejects), by_reason or "")
+    log.info(
+        "%s.%s shard %d: %d in, %d out, %d rejected %s",
+        pipeline,
+        stage_name,
+        shard,
+        len(run.outcomes),
+        len(outputs),
+        len(rejects),
+        by_reason or "",
+    )
     return ShardResult(
         shard=shard,
         rows_in=len(run.outcomes),
@@ -120,6 +129,7 @@ def commit_stage(
     schema: pa.Schema,
     shard_results: Sequence[dict[str, Any]],
     meta: dict[str, Any] | None = None,
+    inputs_passed: int | None = None,
 ) -> dict[str, Any]:
     """Publish all shards of a stage at once; return (and record) the stage's funnel entry.
 
@@ -143,10 +153,13 @@ def commit_stage(
         raise AccountingError(f"{pipeline}.{stage_name} {ds}: rejected rows and their reasons disagree")
     if rejected > rows_in:
         raise AccountingError(f"{pipeline}.{stage_name} {ds}: {rejected} rejected of {rows_in} input rows")
+    passed = rows_in - rejected if inputs_passed is None else inputs_passed  # a selection passes only some
+    if passed + rejected > rows_in:
+        raise AccountingError(f"{pipeline}.{stage_name} {ds}: {passed} passed and {rejected} rejected of {rows_in} input rows")
     funnel = {
         "stage": stage_name,
         "rows_in": rows_in,
-        "inputs_passed": rows_in - rejected,
+        "inputs_passed": passed,
         "rows_out": out,
         "rejected": rejected,
         "rejected_by_reason": dict(by_reason.most_common()),

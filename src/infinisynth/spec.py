@@ -11,7 +11,7 @@ Stage classes are named by their import path and loaded only when a task runs.
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -29,10 +29,16 @@ class Step:
       batch step (``batch``) or a global step (``global``).
     - ``upstream``: the steps whose committed rows this one reads, as shards (a model or batch step
       maps one task over them; a global step reads whole partitions).
-    - ``task``: the Airflow task id of the step's main task (default: the step's name).
+    - ``task``: the Airflow task id of the step's main task (default: the step's name);
+      ``commit_task`` the id of its commit task (default: ``commit_<name>``).
     - ``role`` overrides the stage class's role; ``settings`` maps a stage-settings field to the
       pipeline-settings field it comes from (fields of the same name map by themselves).
-    - ``enabled_by``: a boolean pipeline setting; off, the step maps over no rows.
+    - ``when``: a predicate on the pipeline's settings; false, the step maps over no rows and
+      writes no partition (e.g. generations beyond the ``generations`` setting).
+    - ``fused``: runs in the same mapped task as its one upstream model step, over that task's
+      output, and is committed with it (evolution and its oracle check: one task per shard).
+    - ``commits`` (global steps): the mapped upstream steps this step's task commits before it
+      runs (default: its first upstream, when that is a mapped step).
     - ``in_funnel``/``funnel_meta``: whether the night's funnel lists the step, and which of its
       manifest keys go beside its entry.
     """
@@ -42,9 +48,12 @@ class Step:
     kind: StepKind = "model"
     upstream: tuple[str, ...] = ()
     task: str | None = None
+    commit_task: str | None = None
     role: str | None = None
     settings: Mapping[str, str] = field(default_factory=dict)
-    enabled_by: str | None = None
+    when: Callable[[Any], bool] | None = None
+    fused: bool = False
+    commits: tuple[str, ...] | None = None
     in_funnel: bool = True  # part of the night's funnel table
     funnel_meta: tuple[str, ...] = ()  # manifest keys shown beside the step's funnel entry
 
@@ -56,12 +65,20 @@ class Step:
     def mapped(self) -> bool:
         return self.kind != "global"
 
+    def runs(self, settings: Any) -> bool:
+        return self.when is None or bool(self.when(settings))
+
 
 @dataclass(frozen=True)
 class PipelineSpec:
+    """A pipeline: its name (the top folder of its data), settings model and steps. ``context``
+    names a ``"module:function"`` that builds a run's context when the default (the logical date
+    as partition, the Params as settings) does not fit, e.g. the diagnosis loop's iterations."""
+
     name: str
     settings: type[BaseModel]
     steps: tuple[Step, ...]
+    context: str | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
@@ -73,6 +90,8 @@ class PipelineSpec:
                     raise ValueError(f"{self.name}.{step.name}: upstream {up!r} is not an earlier step")
             if step.mapped and not step.upstream:
                 raise ValueError(f"{self.name}.{step.name}: a mapped step needs an upstream to map over")
+            if step.fused and (len(step.upstream) != 1 or self.step(step.upstream[0]).kind != "model" or step.kind != "model"):
+                raise ValueError(f"{self.name}.{step.name}: a fused step is a model step with exactly one upstream model step")
         for step in self.steps:
             inputs = {fed.upstream for fed in self.feeds(step.name)}
             if len(inputs) > 1:
@@ -90,15 +109,29 @@ class PipelineSpec:
     def feeds(self, name: str) -> list[Step]:
         """The mapped steps that expand over the shards handed out when ``name`` finishes: those
         whose last upstream is ``name`` (they all read the same upstream steps)."""
-        return [s for s in self.steps if s.mapped and s.upstream and s.upstream[-1] == name]
+        return [s for s in self.steps if s.mapped and not s.fused and s.upstream and s.upstream[-1] == name]
+
+    def chain(self, name: str) -> list[Step]:
+        """``name`` and the steps fused after it, in order: what one mapped task runs."""
+        steps = [self.step(name)]
+        while True:
+            fused = [s for s in self.steps if s.fused and s.upstream[0] == steps[-1].name]
+            if not fused:
+                return steps
+            steps.append(fused[0])
+
+    def absorbed(self, step: Step) -> tuple[str, ...]:
+        """The mapped steps a global step commits in its own task."""
+        if step.mapped:
+            return ()
+        if step.commits is not None:
+            return step.commits
+        return step.upstream[:1] if step.upstream and self.step(step.upstream[0]).mapped else ()
 
     def committed_by(self, name: str) -> Step | None:
-        """The global step that commits mapped step ``name`` in its own task (it is that step's
-        first upstream), or None when the mapped step has a commit task of its own."""
-        step = self.step(name)
-        if not step.mapped:
-            return None
-        return next((s for s in self.consumers(name) if not s.mapped and s.upstream[0] == name), None)
+        """The global step that commits mapped step ``name`` in its own task, or None when the
+        mapped step has a commit task of its own."""
+        return next((s for s in self.steps if name in self.absorbed(s)), None)
 
 
 class PipelineSettings(BaseModel):
@@ -110,12 +143,13 @@ class PipelineSettings(BaseModel):
 
     def role_overrides(self, role: str) -> dict[str, Any]:
         """Run settings that override a role's connection: ``<role>_model``, ``<role>_temperature``,
-        ``<role>_max_tokens`` when the settings have them."""
-        return {key: getattr(self, f"{role}_{key}", None) or None for key in ("model", "temperature", "max_tokens")}
+        ``<role>_max_tokens`` when the settings have them and they are set (0 is a setting)."""
+        values = {key: getattr(self, f"{role}_{key}", None) for key in ("model", "temperature", "max_tokens")}
+        return {key: value for key, value in values.items() if value not in (None, "")}
 
 
 _JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
-_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum", "min_length": "minLength"}
 
 
 def param_schema(info: FieldInfo) -> dict[str, Any]:
@@ -149,6 +183,8 @@ def params_from_settings(settings: type[BaseModel]) -> dict[str, Any]:
 
     params = {}
     for name, info in settings.model_fields.items():
-        default = info.get_default(call_default_factory=True)
-        params[name] = Param(default, **param_schema(info))
+        if info.is_required():  # the trigger form asks for it
+            params[name] = Param(**param_schema(info))
+        else:
+            params[name] = Param(info.get_default(call_default_factory=True), **param_schema(info))
     return params

@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -52,6 +52,8 @@ class RunContext:
     settings: Any  # the pipeline's settings model (a PipelineSettings subclass)
     roles: RoleResolver | None = None
     lookup: ConnectionLookup = env_connection
+    run: dict[str, Any] | None = None  # what the run's start task resolved (the diagnosis loop's iteration)
+    commit_meta: dict[str, Any] = field(default_factory=dict)  # manifest keys every commit of the run carries
 
     def role(self, name: str) -> RoleConfig:
         resolve = self.roles or (lambda role: role_config(role, self.lookup))
@@ -59,6 +61,13 @@ class RunContext:
 
     def partition(self, stage: str) -> Any:
         return self.store.partition(self.spec.name, stage, self.ds)
+
+
+def context_hook(spec: PipelineSpec) -> Callable[..., RunContext]:
+    """The spec's own context builder: ``(spec, params, ds, run, lookup) -> RunContext``."""
+    module, _, name = (spec.context or "").partition(":")
+    hook: Callable[..., RunContext] = getattr(importlib.import_module(module), name)
+    return hook
 
 
 def stage_class(step: Step) -> Any:
@@ -69,10 +78,10 @@ def stage_class(step: Step) -> Any:
 def stage_settings(step: Step, cls: Any, settings: BaseModel) -> BaseModel:
     """The stage's own settings, taken from the pipeline's (``step.settings`` renames fields)."""
     values = {}
-    for field in cls.Settings.model_fields:
-        source = step.settings.get(field, field)
+    for name in cls.Settings.model_fields:
+        source = step.settings.get(name, name)
         if source in type(settings).model_fields:
-            values[field] = getattr(settings, source)
+            values[name] = getattr(settings, source)
     return cls.Settings(**values)
 
 
@@ -88,55 +97,75 @@ def model_stage(ctx: RunContext, step: Step) -> Callable[[Any], ModelStage]:
 
 
 def enabled(ctx: RunContext, step: Step) -> bool:
-    return step.enabled_by is None or bool(getattr(ctx.settings, step.enabled_by))
+    return step.runs(ctx.settings)
 
 
 # -- mapped steps -------------------------------------------------------------------------------
 
 
 def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> dict[str, Any]:
-    """One shard of a model or batch step (the body of every mapped task)."""
-    step = ctx.spec.step(step_name)
+    """One shard of a model or batch step and the steps fused after it (the body of every mapped
+    task): ``{step: ShardResult}``. A fused step reads the shard its predecessor just wrote."""
     ref = ShardRef(**shard)
     rows = ctx.partition(ref.stage).read_file(ref.file).to_pylist()
-    cls = stage_class(step)
-    if step.kind == "batch":
-        return run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, ref.shard, rows, cls.from_context(ctx)).to_dict()
-    rows = cls.prepare_rows(rows) if enabled(ctx, step) else []  # switched off: the shard maps to nothing
-    role = ctx.role(role_of(step, cls))
-    return run_stage_shard(ctx.store, ctx.spec.name, step.name, ctx.ds, ref.shard, rows, role, model_stage(ctx, step)).to_dict()
+    results: dict[str, Any] = {}
+    for step in ctx.spec.chain(step_name):
+        cls = stage_class(step)
+        if step.kind == "batch":
+            result = run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, ref.shard, rows, cls.from_context(ctx))
+        else:
+            todo = cls.prepare_rows(rows) if enabled(ctx, step) else []  # switched off: the shard maps to nothing
+            result = run_stage_shard(
+                ctx.store, ctx.spec.name, step.name, ctx.ds, ref.shard, todo, ctx.role(role_of(step, cls)), model_stage(ctx, step)
+            )
+        results[step.name] = result.to_dict()
+        # The next fused step reads this shard's own, not yet committed, data file.
+        rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
+    return results
 
 
 def commit_step(ctx: RunContext, step_name: str, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Publish every shard of a mapped step; hand out the shards of the steps it feeds."""
-    step = ctx.spec.step(step_name)
-    cls = stage_class(step)
-    if step.kind == "batch":
-        meta = cls.commit_meta(ctx, [r.get("stats") or {} for r in results])
-    else:
-        role = ctx.role(role_of(step, cls))
-        meta = {"prompt_versions": cls.prompt_versions(), "roles": {role.role: role.public_dict()}}
-    commit_stage(ctx.store, ctx.spec.name, step.name, ctx.ds, cls.schema, list(results), meta=meta)
-    return handout(ctx, step_name)
+    """Publish every shard of a mapped step (and of the steps fused after it); hand out the shards
+    of the steps it feeds. A switched-off step writes no partition."""
+    chain = ctx.spec.chain(step_name)
+    for step in chain:
+        if not enabled(ctx, step):
+            continue
+        cls = stage_class(step)
+        shard_results = [r[step.name] for r in results]
+        if step.kind == "batch":
+            meta = cls.commit_meta(ctx, [r.get("stats") or {} for r in shard_results])
+        else:
+            role = ctx.role(role_of(step, cls))
+            meta = {"prompt_versions": cls.prompt_versions(), "roles": {role.role: role.public_dict()}}
+        commit_stage(ctx.store, ctx.spec.name, step.name, ctx.ds, cls.schema, shard_results, meta={**ctx.commit_meta, **meta})
+    return handout(ctx, chain[-1].name)
 
 
 def handout(ctx: RunContext, step_name: str) -> list[dict[str, Any]]:
-    """The shards of the mapped steps whose inputs are complete once ``step_name`` is."""
+    """The shards of the mapped steps whose inputs are complete once ``step_name`` is (none when
+    every one of them is switched off); switched-off upstream steps contribute none."""
     fed = ctx.spec.feeds(step_name)
-    return shards_of(ctx.store, ctx.spec.name, ctx.ds, *fed[0].upstream) if fed else []
+    if not any(enabled(ctx, step) for step in fed):
+        return []
+    upstream = [name for name in fed[0].upstream if enabled(ctx, ctx.spec.step(name))]
+    return shards_of(ctx.store, ctx.spec.name, ctx.ds, *upstream)
 
 
 # -- global steps -------------------------------------------------------------------------------
 
 
-def run_global_step(ctx: RunContext, step_name: str, upstream_results: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Commit the mapped step this one reads (if its results are given), run it, write its table."""
+def run_global_step(
+    ctx: RunContext, step_name: str, upstream_results: Mapping[str, Sequence[dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
+    """Commit the mapped steps this one absorbs (their shard results by step), run it, write its table."""
     step = ctx.spec.step(step_name)
-    if upstream_results is not None and step.upstream:
-        commit_step(ctx, step.upstream[0], upstream_results)
+    for name, results in (upstream_results or {}).items():
+        commit_step(ctx, name, results)
     cls = stage_class(step)
-    output: StepOutput = cls(ctx).run()
-    write_stage(ctx, step.name, output, cls.schema)
+    global_step = cls(ctx)
+    output: StepOutput = global_step.run()
+    global_step.after_commit(write_stage(ctx, step.name, output, cls.schema))
     return handout(ctx, step_name)
 
 
@@ -147,16 +176,17 @@ def write_stage(ctx: RunContext, stage: str, output: StepOutput, schema: pa.Sche
     size = int(getattr(ctx.settings, "shard_size", 0) or max(output.table.num_rows, 1))
     offsets = range(0, output.table.num_rows, size) or [0]
     files = [partition.write_table(n, output.table.slice(offset, size), schema) for n, offset in enumerate(offsets)]
-    rejected = ctx.store.rejected(ctx.spec.name, stage, ctx.ds).write_table(
-        0, pa.Table.from_pylist(output.rejected, schema=REJECTED_SCHEMA), REJECTED_SCHEMA
-    )
-    by_reason = Counter(row["reason"] for row in output.rejected)
+    rejects = output.rejected if isinstance(output.rejected, pa.Table) else pa.Table.from_pylist(output.rejected, schema=REJECTED_SCHEMA)
+    rejected = ctx.store.rejected(ctx.spec.name, stage, ctx.ds).write_table(0, rejects, REJECTED_SCHEMA)
+    by_reason = Counter(rejects.column("reason").to_pylist())
     first = ShardResult(
         shard=0, rows_in=output.rows_in, output=files[0].to_dict(), rejected=rejected.to_dict(), rejected_by_reason=dict(by_reason)
     )
     rest = [ShardResult(shard=n, rows_in=0, output=f.to_dict()) for n, f in enumerate(files[1:], 1)]
     results = [r.to_dict() for r in (first, *rest)]
-    return commit_stage(ctx.store, ctx.spec.name, stage, ctx.ds, schema, results, meta=output.meta)
+    return commit_stage(
+        ctx.store, ctx.spec.name, stage, ctx.ds, schema, results, meta={**ctx.commit_meta, **output.meta}, inputs_passed=output.passed
+    )
 
 
 def shards_of(store: Store, pipeline: str, ds: str, *stages: str) -> list[dict[str, Any]]:
@@ -178,7 +208,7 @@ def night_funnel(ctx: RunContext) -> list[dict[str, Any]]:
     entries = []
     for step in ctx.spec.steps:
         partition = ctx.partition(step.name)
-        if step.in_funnel and partition.exists():
+        if step.in_funnel and enabled(ctx, step) and partition.exists():
             meta = partition.manifest().meta
             entries.append({**meta["funnel"], **{k: meta[k] for k in step.funnel_meta if k in meta}})
     return entries

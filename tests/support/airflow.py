@@ -30,7 +30,10 @@ class AirflowHome:
         result = self.run("dags", "test", dag_id, ds, "-c", json.dumps(conf), extra_env=extra_env, timeout=timeout)
         output = result.stdout + result.stderr
         if result.returncode != 0 or "state=failed" in output or "DagRunState.FAILED" in output:
-            raise AssertionError(f"dags test {dag_id} failed (exit {result.returncode}):\n{output[-6000:]}")
+            # The first error is what matters; the tail says how the run ended.
+            first = next((i for i, line in enumerate(output.splitlines()) if "Traceback" in line or "[error" in line), None)
+            head = "\n".join(output.splitlines()[first : first + 60]) if first is not None else ""
+            raise AssertionError(f"dags test {dag_id} failed (exit {result.returncode}):\n{head}\n...\n{output[-3000:]}")
         return output
 
 

@@ -20,7 +20,7 @@ def main() -> None:
     connection = {"host": base_url, "extra": {"model": "scripted", "max_concurrency": 2}}
     ctx = RunContext(SPEC, store_for(root), ds, CodeInstructSettings(), roles=lambda role: role_config(role, lambda _: connection))
     result = run_step_shard(ctx, "reverse", json.loads(shard_json))
-    print("RESULT " + json.dumps(result), flush=True)
+    print("RESULT " + json.dumps(result["reverse"]), flush=True)
 
 
 if __name__ == "__main__":

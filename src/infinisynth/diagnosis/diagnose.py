@@ -16,16 +16,16 @@ Two stages, each the runner's usual shape:
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, Field, model_validator
 
-from infinisynth.llm import LLMClient
-from infinisynth.prompts import PromptTemplate
 from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed
-from infinisynth.stages.problems import with_provenance
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Row
+
+if TYPE_CHECKING:
+    from infinisynth.llm.client import ChatAnswer
 
 ErrorType = Literal[
     "wrong_logic", "missed_edge_case", "misread_task", "factual_error", "incomplete",
@@ -86,70 +86,61 @@ VERDICT_SCHEMA = schema_with(
 )
 
 
-class TargetAnswer:
+class TargetAnswer(ModelStage):
     name = "answer"
     schema = ANSWER_SCHEMA
+    prompt = "diagnosis_answer"
+    role = "target"
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate):
-        self.client = client
-        self.prompt = prompt
+    def fingerprint(self) -> str:
+        # The target is named by its endpoint as much as by its model id (a registered model is
+        # often served under a generic alias), so the endpoint is part of the key too.
+        return content_id(super().fingerprint(), self.client.config.base_url)
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.base_url, config.model, config.temperature, config.seed, config.max_tokens)
+    def format_input(self, row: Row) -> Messages:
+        return self.template.render(prompt=row["prompt"])
 
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        answer = await self.client.chat(self.prompt.render(prompt=row["prompt"]), stage=self.name)
-        config = self.client.config
+    def format_output(self, row: Row, answer: ChatAnswer) -> Outcome:
         return Passed(
             [
-                {
-                    **row,
-                    "answer": answer.text.strip(),
-                    "answer_truncated": answer.finish_reason == "length",
-                    "target_model": config.model,
-                    "provenance": with_provenance(row, self.name, self.prompt.version, config.model),
-                }
+                self.annotate(
+                    row,
+                    answer=answer.text.strip(),
+                    answer_truncated=answer.finish_reason == "length",
+                    target_model=self.model,
+                )
             ]
         )
 
 
-class OracleVerdict:
+class OracleVerdict(ModelStage):
     name = "verdict"
     schema = VERDICT_SCHEMA
+    prompt = "diagnosis_oracle"
+    role = "oracle"
+    answer = Verdict
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate):
-        self.client = client
-        self.prompt = prompt
+    def cache_key(self, row: Row) -> str:
+        # A verdict judges one answer: the row keeps its id whatever the target said, so the
+        # answer is part of the key (a new answer is never judged by an old verdict).
+        return content_id(self._key, row["answer"])
 
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, row["answer"])
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
-        messages = self.prompt.render(
+    def format_input(self, row: Row) -> Messages:
+        return self.template.render(
             prompt=row["prompt"], reference=row["reference"], answer=row["answer"], truncated=row["answer_truncated"]
         )
-        verdict = await self.client.structured(messages, Verdict, stage=self.name)
+
+    def format_output(self, row: Row, answer: Verdict) -> Outcome:
         entities = concrete_entities(row["prompt"])
         deficiencies, removed = [], 0
-        for item in [] if verdict.correct else verdict.deficiencies:
+        for item in [] if answer.correct else answer.deficiencies:
             fields = item.model_dump()
             for key in ("skill", "knowledge_area", "description"):
                 fields[key], count = abstract(fields[key], entities)
                 removed += count
             deficiencies.append(fields)
         return Passed(
-            [
-                {
-                    **row,
-                    "correct": verdict.correct,
-                    "deficiencies": deficiencies,
-                    "rationale": verdict.rationale,
-                    "abstracted_entities": removed,
-                    "provenance": with_provenance(row, self.name, self.prompt.version, self.client.config.model),
-                }
-            ]
+            [self.annotate(row, correct=answer.correct, deficiencies=deficiencies, rationale=answer.rationale, abstracted_entities=removed)]
         )
 
 

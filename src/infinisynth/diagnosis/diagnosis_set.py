@@ -60,7 +60,7 @@ def read_user_file(path: str) -> list[dict[str, Any]]:
             raise DiagnosisSetError(f"diagnosis set {path}: not a readable Parquet file ({exc})") from exc
     opener = gzip.open if file.suffix == ".gz" else open
     rows = []
-    with opener(file, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with opener(file, "rt", encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -100,6 +100,7 @@ def _validated(raw: list[dict[str, Any]], *, source: str, origin: str) -> tuple[
         if problem:
             rejected.append(_rejected(row_id, *problem, item))
             continue
+        prompt, reference = str(prompt), str(reference)  # both checked above
         seen.add(" ".join(prompt.split()))
         rows.append(
             {

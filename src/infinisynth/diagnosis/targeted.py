@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import pyarrow as pa
 
 from infinisynth.diagnosis.leakage import LeakageSettings, closest
 from infinisynth.languages import display_name
-from infinisynth.llm import LLMClient
-from infinisynth.prompts import PromptTemplate
 from infinisynth.records import content_id, schema_with
-from infinisynth.runner import Outcome, Passed, Rejected, rejected_row
-from infinisynth.stages.problems import PROBLEM_FIELDS, ProblemAnswer, ProblemChecks, check_problem, with_provenance
+from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, rejected_row
+from infinisynth.stages.problems import PROBLEM_FIELDS, ProblemAnswer, ProblemChecks, check_problem
 
 DEFICIENCY_TARGET_TYPE = pa.struct(
     [
@@ -85,22 +82,20 @@ def plan_targets(groups: pa.Table, *, cap: int, top_groups: int, iteration: int)
     return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
 
 
-class TargetedSynthesis:
+class TargetedSynthesis(ModelStage):
     name = "targeted"
     schema = TARGETED_SCHEMA
+    prompt = "diagnosis_targeted"
+    role = "generator"
+    Settings = ProblemChecks
+    answer = ProblemAnswer
+    origin = "diagnosis"
+    id_prefix = "diagnosis"
+    settings: ProblemChecks
 
-    def __init__(self, client: LLMClient, prompt: PromptTemplate, checks: ProblemChecks = ProblemChecks()):
-        self.client = client
-        self.prompt = prompt
-        self.checks = checks
-
-    def cache_key(self, row: dict[str, Any]) -> str:
-        config = self.client.config
-        return content_id(self.prompt.version, config.model, config.temperature, config.seed, asdict(self.checks))
-
-    async def process(self, row: dict[str, Any]) -> Outcome:
+    def format_input(self, row: Row) -> Messages:
         deficiency = row["deficiency"]
-        messages = self.prompt.render(
+        return self.template.render(
             skill=deficiency["skill"],
             knowledge_area=deficiency["knowledge_area"],
             error_type=deficiency["error_type"],
@@ -108,26 +103,24 @@ class TargetedSynthesis:
             variant=row["variant"],
             lang_name=display_name(row.get("lang")),
         )
-        answer = await self.client.structured(messages, ProblemAnswer, stage=self.name)
+
+    def format_output(self, row: Row, answer: ProblemAnswer) -> Outcome:
         problem = answer.problem.strip()
-        problem_check = check_problem(problem, self.checks)
+        problem_check = check_problem(problem, self.settings)
         if problem_check is not None:
             return Rejected(*problem_check, raw_answer=problem)
         return Passed(
             [
-                {
-                    "id": content_id("diagnosis", row["id"], problem),
-                    "parent_ids": [row["id"], *row.get("parent_ids", [])],
-                    "origin": "diagnosis",
-                    "lang": row.get("lang"),
-                    "problem": problem,
-                    "seed": None,
-                    "combination": None,
-                    "variant": row["variant"],
-                    "provenance": with_provenance({}, self.name, self.prompt.version, self.client.config.model),
-                    "deficiency": deficiency,
-                    "iteration": row["iteration"],
-                }
+                self.derive(
+                    row,
+                    problem,
+                    problem=problem,
+                    seed=None,
+                    combination=None,
+                    variant=row["variant"],
+                    deficiency=row["deficiency"],
+                    iteration=row["iteration"],
+                )
             ]
         )
 

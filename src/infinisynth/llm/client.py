@@ -228,7 +228,7 @@ class LLMClient:
             )
             raw = answer.text
             try:
-                return parse_answer(raw, schema)  # type: ignore[return-value]
+                return parse_answer(raw, schema)
             except InvalidAnswer as exc:
                 problem = str(exc)
                 if answer.finish_reason == "length":

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from infinisynth.llm.roles import StructuredMode
+
+M = TypeVar("M", bound=BaseModel)
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n(.*?)\n?```", re.DOTALL)
 
@@ -61,7 +63,7 @@ def _without_titles(schema: Any) -> Any:
     return schema
 
 
-def parse_answer(text: str | None, model: type[BaseModel]) -> BaseModel:
+def parse_answer(text: str | None, model: type[M]) -> M:
     """The answer as a validated model instance, or :class:`InvalidAnswer` saying what is wrong.
 
     Tolerates what chat models wrap around JSON (a code fence, a sentence before or after).

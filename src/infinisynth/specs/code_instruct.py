@@ -77,7 +77,7 @@ SPEC = PipelineSpec(
             task="assess_seed_problems",
             in_funnel=False,
             settings={"samples": "quality_samples", "threshold": "quality_threshold"},
-            enabled_by="score_seed_problems",
+            when=lambda settings: settings.score_seed_problems,
         ),
         Step("keywords", "infinisynth.stages.keywords:KeywordExtraction", upstream=("reverse",), task="extract_keywords"),
         Step(

@@ -97,8 +97,9 @@ class StepOutput:
 
     table: pa.Table
     rows_in: int
-    rejected: list[Row] = field(default_factory=list)  # rows for the rejected table (see rejected_row)
+    rejected: list[Row] | pa.Table = field(default_factory=list)  # rows for the rejected table (see rejected_row)
     meta: dict[str, Any] = field(default_factory=dict)  # the step's own report, kept in the manifest
+    passed: int | None = None  # inputs that passed, when not every unrejected one did (a selection)
 
 
 class GlobalStep:
@@ -117,6 +118,9 @@ class GlobalStep:
 
     def run(self) -> StepOutput:
         raise NotImplementedError
+
+    def after_commit(self, funnel: dict[str, Any]) -> None:
+        """Called once the step's table is published (e.g. to record that an iteration completed)."""
 
 
 class NoSettings(BaseModel):

@@ -171,7 +171,7 @@ def difficulty_summary(scores: Iterable[tuple[int, float]]) -> dict[str, Any]:
     def stats(values: list[float]) -> dict[str, Any]:
         return {"mean": round(fmean(values), 3) if values else None, "rows": len(values)}
 
-    summary = {
+    summary: dict[str, Any] = {
         "before": stats(before),
         "after": stats(after),
         "by_generation": {str(g): stats(v) for g, v in sorted(by_generation.items())},

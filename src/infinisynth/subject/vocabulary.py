@@ -385,10 +385,10 @@ def _domains(
     centroids = _unit(model.cluster_centers_)
     names = []
     for c in range(k):
-        members = basis[model.labels_ == c]
-        if members.size == 0:
-            members = basis[np.argsort(-(vectors[basis] @ centroids[c]))[:1]]
-        top = sorted(members, key=lambda i: (-counts[i], -float(vectors[i] @ centroids[c]), keys[i]))[:3]
+        cluster = basis[model.labels_ == c]
+        if cluster.size == 0:
+            cluster = basis[np.argsort(-(vectors[basis] @ centroids[c]))[:1]]
+        top = sorted(cluster, key=lambda i: (-counts[i], -float(vectors[i] @ centroids[c]), keys[i]))[:3]
         names.append(" / ".join(keys[i] for i in top))
     nearest = np.argmax(vectors[leaders] @ centroids.T, axis=1)
     return {int(i): names[j] for i, j in zip(leaders, nearest)}

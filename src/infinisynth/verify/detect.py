@@ -58,7 +58,7 @@ async def detect_languages(
 async def _detect(
     candidates: tuple[str, ...], blocks: list[tuple[int, str]], limits: sandbox.Limits, temp_dir: str | None
 ) -> dict[int, str | Finding | None]:
-    by_grammar = {}
+    by_grammar: dict[str, str] = {}
     for language in candidates:
         by_grammar.setdefault(_grammar(language), language)
     with sandbox.batch_dir(temp_dir) as directory:

@@ -125,15 +125,15 @@ def _message(text: str) -> str:
     return " ".join(text.split())[:MAX_MESSAGE_CHARS]
 
 
-def _json(stdout: bytes, tool: str) -> object:
+def _json(stdout: bytes, tool: str) -> Any:
     try:
         return json.loads(stdout)
     except ValueError as exc:
         raise LinterError(f"{tool} printed no JSON ({exc})") from None
 
 
-def _json_lines(stdout: bytes, tool: str) -> list[dict[str, object]]:
-    return [_json(line, tool) for line in stdout.splitlines() if line.strip()]  # type: ignore[misc]
+def _json_lines(stdout: bytes, tool: str) -> list[dict[str, Any]]:
+    return [_json(line, tool) for line in stdout.splitlines() if line.strip()]
 
 
 def _all_reported(names: list[str], reported: dict[str, list[Finding]], tool: str) -> dict[str, list[Finding]]:
@@ -171,7 +171,7 @@ class Pylint(Linter):
         if done.returncode is None or done.returncode < 0 or done.returncode & 32:
             raise LinterError(f"pylint exited with {done.returncode}: {done.stderr_tail()}")
         found: dict[str, list[Finding]] = {name: [] for name in batch.names}
-        for message in _json(done.stdout, self.tool):  # type: ignore[attr-defined]
+        for message in _json(done.stdout, self.tool):
             # `from . import x` in a snippet names the package it came from, which we do not have.
             if message["symbol"] == "no-name-in-module" and message["message"].endswith("in module ''"):
                 continue
@@ -224,7 +224,7 @@ class ESLint(Linter):
         if done.returncode not in (0, 1):  # 2: configuration error or crash
             raise LinterError(f"eslint exited with {done.returncode}: {done.stderr_tail()}")
         found: dict[str, list[Finding]] = {}
-        for result in _json(done.stdout, self.tool):  # type: ignore[attr-defined]
+        for result in _json(done.stdout, self.tool):
             found[Path(result["filePath"]).name] = [
                 Finding(self.tool, message.get("ruleId") or "parse-error", int(message.get("line") or 0), _message(message["message"]))
                 for message in result["messages"]
@@ -311,10 +311,10 @@ class Javac(Linter):
         done = await run(["java", str(HERE / "JavacBatch.java"), *batch.names])
         if done.returncode != 0:
             raise LinterError(f"javac exited with {done.returncode}: {done.stderr_tail()}")
-        found = {str(record["file"]): self._findings(record["errors"]) for record in _json_lines(done.stdout, self.tool)}  # type: ignore[arg-type]
+        found = {str(record["file"]): self._findings(record["errors"]) for record in _json_lines(done.stdout, self.tool)}
         return BatchFindings(_all_reported(batch.names, found, self.tool))
 
-    def _findings(self, errors: list[dict[str, object]]) -> list[Finding]:
+    def _findings(self, errors: list[dict[str, Any]]) -> list[Finding]:
         errors = [e for e in errors if e["code"] != self._NAMING]
         # A sample that imports a library the JDK lacks cannot have its names resolved; what the
         # library would define is indistinguishable from a typo, so only unresolved names go.
@@ -322,7 +322,7 @@ class Javac(Linter):
             errors = [
                 e for e in errors if e["code"] != self._MISSING_PACKAGE and not str(e["code"]).startswith("compiler.err.cant.resolve")
             ]
-        return [Finding(self.tool, str(e["code"]), int(e["line"]), _message(str(e["message"]))) for e in errors]  # type: ignore[call-overload]
+        return [Finding(self.tool, str(e["code"]), int(e["line"]), _message(str(e["message"]))) for e in errors]
 
 
 # -- C and C++ ----------------------------------------------------------------------------------
@@ -481,7 +481,7 @@ class SQLFluff(Linter):
                 Finding(self.tool, v["code"], int(v.get("start_line_no") or 0), _message(f"{dialect}: {v['description']}"))
                 for v in result["violations"]
             ]
-            for result in _json(done.stdout, self.tool)  # type: ignore[attr-defined]
+            for result in _json(done.stdout, self.tool)
         }
         return _all_reported(names, found, self.tool)
 
@@ -522,7 +522,7 @@ class TreeSitter(Linter):
         found = {
             str(record["file"]): [
                 Finding(self.tool, str(rule), int(line), _message(str(message))) for line, rule, message in record["findings"]
-            ]  # type: ignore[attr-defined]
+            ]
             for record in _json_lines(done.stdout, self.tool)
         }
         return BatchFindings(_all_reported(batch.names, found, self.tool))

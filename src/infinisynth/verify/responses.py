@@ -104,8 +104,8 @@ async def verify_responses(
     items: list[LintItem] = []
     failures: dict[tuple[int, int], Finding] = {}
     for r, blocks in enumerate(extracted):
-        for b, (language, code) in enumerate(blocks):
-            language = languages.get((r, b), language)
+        for b, (tag, code) in enumerate(blocks):
+            language = languages.get((r, b), tag)
             if isinstance(language, Finding):
                 failures[(r, b)] = language
             elif language not in (None, "text") and code.strip():

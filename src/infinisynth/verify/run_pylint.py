@@ -13,6 +13,7 @@ Run as a script with ``python -I`` (no ``PYTHONPATH``, no user site), not as par
 
 import sys
 import sysconfig
+from collections.abc import Sequence
 
 import isort  # noqa: F401  (pylint imports these lazily; load them while site-packages is visible)
 import tomlkit  # noqa: F401
@@ -24,7 +25,7 @@ def main(argv: list[str]) -> None:
     stdlib = [paths["stdlib"], paths["platstdlib"], f"{paths['platstdlib']}/lib-dynload"]
     check = PyLinter.check
 
-    def check_with_stdlib_only(self: PyLinter, files_or_modules: list[str]) -> None:
+    def check_with_stdlib_only(self: PyLinter, files_or_modules: Sequence[str]) -> None:
         sys.path[:] = stdlib
         check(self, files_or_modules)
 

@@ -38,6 +38,7 @@ def main(argv: list[str]) -> None:
     for path in paths:
         with open(path, "rb") as fh:
             source = fh.read()
+        record: dict[str, object]
         if mode == "check":
             tree = parsers[grammars[0]].parse(source)
             record = {"file": path, "findings": syntax_findings(tree.root_node, source)}
