@@ -22,32 +22,19 @@ lint on the worker). See docs/LINT_GATE.md. Params: the fields of `CodeInstructS
 
 from __future__ import annotations
 
-from datetime import timedelta
+from airflow.sdk import Asset
 
-import pendulum
-from airflow.sdk import Asset, dag
-
-from infinisynth.airflow_dag import build_tasks
-from infinisynth.spec import params_from_settings
+from infinisynth.airflow_dag import pipeline_dag
 from infinisynth.specs.code_instruct import SPEC
 
 DATASET = Asset(name="code_instruct.dataset", uri="infinisynth://code_instruct/dataset")
 KNOWLEDGE_GRAPH = Asset(name="code_instruct.knowledge_graph", uri="infinisynth://code_instruct/kg_nodes")
 
-
-@dag(
+dag = pipeline_dag(
+    SPEC,
     dag_id="code_instruct",
     schedule="@daily",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=__doc__,
     tags=["infinite-instruct", "code"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
-    params=params_from_settings(SPEC.settings),
+    doc_md=__doc__,
+    outlets={"combinations": [KNOWLEDGE_GRAPH], "dataset": [DATASET]},
 )
-def code_instruct():
-    build_tasks(SPEC, outlets={"combinations": [KNOWLEDGE_GRAPH], "dataset": [DATASET]})
-
-
-code_instruct()

@@ -32,12 +32,10 @@ overrides both. The first task resolves them once; every task of the run uses th
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from infinisynth.airflow_dag import build_tasks
+from infinisynth.airflow_dag import pipeline_dag
 from infinisynth.spec import params_from_settings
 from infinisynth.specs.deficiency_diagnosis import SPEC, ModelRegistration
 
@@ -70,44 +68,42 @@ def register_model():
 register_model()
 
 
-@dag(
+@task(inlets=[MODELS_REGISTERED])
+def start_iteration(params=None, ds=None, dag_run=None, triggering_asset_events=None, inlet_events=None) -> dict:
+    """Resolve the run's settings and target, claim its iteration: the `run` every task gets."""
+    from airflow.sdk import Variable
+
+    from infinisynth.airflow_env import connection_lookup
+    from infinisynth.pipelines import diagnosis as p
+
+    def plain(event) -> dict:
+        return {k: getattr(event, k, None) for k in ("id", "extra", "timestamp", "source_dag_id", "source_run_id")}
+
+    def latest() -> dict | None:  # a manual run without a target diagnoses the latest registration
+        try:
+            return plain(inlet_events[MODELS_REGISTERED][-1])
+        except IndexError:
+            return None
+
+    triggering = [plain(e) for e in (triggering_asset_events or {}).get(MODELS_REGISTERED, [])] if triggering_asset_events else []
+    return p.begin(
+        params,
+        dag_run.conf,
+        Variable.get(p.SETTINGS_VARIABLE, default=None, deserialize_json=True),
+        triggering,
+        latest,
+        run_id=dag_run.run_id,
+        date=ds or dag_run.run_after.date().isoformat(),  # asset-triggered runs have no logical date
+        lookup=connection_lookup,
+    )
+
+
+diagnosis = pipeline_dag(
+    SPEC,
     dag_id="deficiency_diagnosis",
     schedule=[MODELS_REGISTERED],
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,  # iterations are numbered in order; one claims its number at a time
-    doc_md=__doc__,
     tags=["infinity-instruct-subject", "diagnosis"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
-    params=params_from_settings(SPEC.settings),
+    doc_md=__doc__,
+    outlets={"dataset": [DIAGNOSIS_DATASET]},
+    start=start_iteration,  # iterations are numbered in order: one run at a time claims its number
 )
-def deficiency_diagnosis():
-    @task(inlets=[MODELS_REGISTERED])
-    def start_iteration(params=None, ds=None, dag_run=None, triggering_asset_events=None, inlet_events=None) -> dict:
-        from airflow.sdk import Variable
-
-        from infinisynth.airflow_env import run_store
-        from infinisynth.pipelines import diagnosis as p
-
-        def plain(event) -> dict:
-            return {k: getattr(event, k, None) for k in ("id", "extra", "timestamp", "source_dag_id", "source_run_id")}
-
-        # Settings are resolved once here and travel in `run`: every later task uses the same ones.
-        values = p.run_settings(params, dag_run.conf, Variable.get(p.SETTINGS_VARIABLE, default=None, deserialize_json=True))
-        settings = p.DiagnosisSettings(**values)
-        triggering = [plain(e) for e in (triggering_asset_events or {}).get(MODELS_REGISTERED, [])] if triggering_asset_events else []
-        latest = None
-        if not triggering and not (settings.target_base_url or settings.target_model):
-            try:  # a manual run without Params diagnoses the latest registration, as the scheduler would
-                latest = plain(inlet_events[MODELS_REGISTERED][-1])
-            except IndexError:
-                latest = None
-        target, trigger, event = p.resolve_target(settings, triggering, latest)
-        date = ds or dag_run.run_after.date().isoformat()  # asset-triggered runs have no logical date
-        run = p.start(run_store(values), run_id=dag_run.run_id, date=date, target=target, trigger=trigger, event=event, settings=settings)
-        return {**run, "settings": values}
-
-    build_tasks(SPEC, outlets={"dataset": [DIAGNOSIS_DATASET]}, run=start_iteration())
-
-
-deficiency_diagnosis()

@@ -28,33 +28,20 @@ log-probabilities), `llm_generator`, `llm_oracle`, `llm_judge`, each falling bac
 
 from __future__ import annotations
 
-from datetime import timedelta
+from airflow.sdk import Asset
 
-import pendulum
-from airflow.sdk import Asset, dag
-
-from infinisynth.airflow_dag import build_tasks
-from infinisynth.spec import params_from_settings
+from infinisynth.airflow_dag import pipeline_dag
 from infinisynth.specs.subject_instruct import SPEC
 
 DATASET = Asset(name="subject_instruct.dataset", uri="infinisynth://subject_instruct/dataset")
 VOCABULARY = Asset(name="subject_instruct.tag_vocabulary", uri="infinisynth://subject_instruct/tag_vocabulary")
 SEEDS = Asset(name="subject_instruct.seeds", uri="infinisynth://subject_instruct/seeds")
 
-
-@dag(
+dag = pipeline_dag(
+    SPEC,
     dag_id="subject_instruct",
     schedule="@daily",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=__doc__,
     tags=["infinity-instruct-subject", "general"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
-    params=params_from_settings(SPEC.settings),
+    doc_md=__doc__,
+    outlets={"tags": [VOCABULARY], "seeds": [SEEDS], "dataset": [DATASET]},
 )
-def subject_instruct():
-    build_tasks(SPEC, outlets={"tags": [VOCABULARY], "seeds": [SEEDS], "dataset": [DATASET]})
-
-
-subject_instruct()

@@ -17,16 +17,46 @@ this at parse time; task bodies import the library only when they run.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import task
+import pendulum
+from airflow.sdk import DAG, task
 
-from infinisynth.spec import PipelineSpec
+from infinisynth.spec import PipelineSpec, params_from_settings
 
 MAP_INDEX = "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['shard']['shard'] }}"
 MODEL_TASK: dict[str, Any] = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": MAP_INDEX}
 BATCH_TASK: dict[str, Any] = {"max_active_tis_per_dagrun": 2, "map_index_template": MAP_INDEX}
 REDUCE: dict[str, Any] = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still commits
+
+
+def pipeline_dag(
+    spec: PipelineSpec,
+    *,
+    dag_id: str,
+    schedule: Any,
+    tags: Sequence[str],
+    doc_md: str | None = None,
+    outlets: Mapping[str, Sequence[Any]] | None = None,
+    start: Any = None,
+) -> DAG:
+    """The pipeline's DAG: its tasks from the spec, its Params from the settings model, and the
+    project's conventions (no catchup, one run at a time, two retries). ``start``: a TaskFlow task
+    that begins each run and whose output every task gets (see :func:`build_tasks`)."""
+    with DAG(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=doc_md,
+        tags=list(tags),
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+        params=params_from_settings(spec.settings),
+    ) as dag:
+        build_tasks(spec, outlets, run=start() if start is not None else None)
+    return dag
 
 
 def context(spec: PipelineSpec, params: Mapping[str, Any], ds: str, run: dict[str, Any] | None = None) -> Any:

@@ -18,6 +18,7 @@ import logging
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -293,39 +294,41 @@ class Partition:
     def read_file(self, name: str, columns: Sequence[str] | None = None) -> pa.Table:
         """One data file of this partition (a shard), e.g. the input of a mapped task."""
         path = posixpath.join(self.path, name)
-        url = self.store.url(path)
-        with self.fs.open(path, "rb") as fh:
+        with self._parquet(path) as parquet:
             try:
-                table = pq.read_table(fh)
+                table = parquet.read(columns=self._checked_columns(parquet, path, columns))
             except (pa.ArrowInvalid, OSError) as exc:
-                if isinstance(exc, FileNotFoundError):
-                    raise
-                raise CorruptPartition(f"{url}: not a readable Parquet file ({exc})") from exc
-        if columns is not None:
-            missing = [c for c in columns if c not in table.column_names]
-            if missing:
-                raise SchemaMismatch(f"{url}: missing column(s) {missing}; the file has {table.column_names}")
-            table = table.select(list(columns))
+                raise CorruptPartition(f"{self.store.url(path)}: not a readable Parquet file ({exc})") from exc
         return table
 
-    def _iter_file(self, data_file: DataFile, columns: Sequence[str] | None, batch_size: int) -> Iterator[pa.RecordBatch]:
-        path = posixpath.join(self.path, data_file.name)
-        url = self.store.url(path)
+    @contextmanager
+    def _parquet(self, path: str) -> Iterator[pq.ParquetFile]:
+        """A data file opened for reading; a file that is not Parquet is a :class:`CorruptPartition`."""
         with self.fs.open(path, "rb") as fh:
             try:
                 parquet = pq.ParquetFile(fh)
             except (pa.ArrowInvalid, OSError) as exc:
                 if isinstance(exc, FileNotFoundError):
                     raise
-                raise CorruptPartition(f"{url}: not a readable Parquet file ({exc})") from exc
-            if columns is not None:
-                missing = [c for c in columns if c not in parquet.schema_arrow.names]
-                if missing:
-                    raise SchemaMismatch(f"{url}: missing column(s) {missing}; the file has {parquet.schema_arrow.names}")
+                raise CorruptPartition(f"{self.store.url(path)}: not a readable Parquet file ({exc})") from exc
+            yield parquet
+
+    def _checked_columns(self, parquet: pq.ParquetFile, path: str, columns: Sequence[str] | None) -> list[str] | None:
+        if columns is None:
+            return None
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise SchemaMismatch(f"{self.store.url(path)}: missing column(s) {missing}; the file has {parquet.schema_arrow.names}")
+        return list(columns)
+
+    def _iter_file(self, data_file: DataFile, columns: Sequence[str] | None, batch_size: int) -> Iterator[pa.RecordBatch]:
+        path = posixpath.join(self.path, data_file.name)
+        with self._parquet(path) as parquet:
+            selected = self._checked_columns(parquet, path, columns)
             try:
-                yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+                yield from parquet.iter_batches(batch_size=batch_size, columns=selected or None)
             except (pa.ArrowInvalid, OSError) as exc:
-                raise CorruptPartition(f"{url}: data is corrupt ({exc})") from exc
+                raise CorruptPartition(f"{self.store.url(path)}: data is corrupt ({exc})") from exc
 
     def _manifest_or_none(self) -> Manifest | None:
         # Every snapshot starts here. Drop cached listings (s3fs keeps them, and a listing taken

@@ -29,6 +29,7 @@ from infinisynth.llm.usage import UsageMeter
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")  # the response type a request is parsed into
 
 MAX_DETAIL_CHARS = 500
 MAX_RAW_CHARS = 20_000
@@ -119,24 +120,7 @@ class LLMClient:
             request["seed"] = seed
         if extra:
             request.update(extra)
-        async with self._slots:
-            try:
-                # The client's generic post() keeps its retries and response parsing but skips the
-                # recursive transform of typed params: about a fifth of its CPU per request, and
-                # we build the body ourselves anyway.
-                response = await self._openai.post("/chat/completions", body=request, cast_to=ChatCompletion)
-            except openai.APIError as exc:
-                self.usage.record(self.role, stage, failed=True)
-                raise self._rejection_for(exc) from None
-            except json.JSONDecodeError as exc:
-                # An HTTP 200 whose body is not JSON (a proxy's HTML page, a cut-off body): the OpenAI
-                # client lets the decoder's error escape, which would fail the whole shard.
-                self.usage.record(self.role, stage, failed=True)
-                raise LLMRejection(
-                    "invalid_output",
-                    self._redact(f"HTTP 200 from {self.config.base_url} with a body that is not JSON ({exc.msg})"),
-                    raw_answer=self._redact(exc.doc[:MAX_RAW_CHARS]),
-                ) from None
+        response = await self._post("/chat/completions", request, ChatCompletion, stage)
         try:
             usage = response.usage
             prompt_tokens = (usage.prompt_tokens or 0) if usage else 0
@@ -160,6 +144,28 @@ class LLMClient:
             completion_tokens=completion_tokens,
         )
 
+    async def _post(self, path: str, request: dict[str, Any], cast_to: type[R], stage: str) -> R:
+        """One request through the OpenAI client (its retries, its parsing) within the role's slots."""
+        assert self._openai is not None
+        async with self._slots:
+            try:
+                # The client's generic post() keeps its retries and response parsing but skips the
+                # recursive transform of typed params: about a fifth of its CPU per request, and
+                # we build the body ourselves anyway.
+                return await self._openai.post(path, body=request, cast_to=cast_to)
+            except openai.APIError as exc:
+                self.usage.record(self.role, stage, failed=True)
+                raise self._rejection_for(exc) from None
+            except json.JSONDecodeError as exc:
+                # An HTTP 200 whose body is not JSON (a proxy's HTML page, a cut-off body): the OpenAI
+                # client lets the decoder's error escape, which would fail the whole shard.
+                self.usage.record(self.role, stage, failed=True)
+                raise LLMRejection(
+                    "invalid_output",
+                    self._redact(f"HTTP 200 from {self.config.base_url} with a body that is not JSON ({exc.msg})"),
+                    raw_answer=self._redact(exc.doc[:MAX_RAW_CHARS]),
+                ) from None
+
     # -- legacy completions (prompt log-probabilities) --------------------------------------------
 
     async def completion(
@@ -179,17 +185,7 @@ class LLMClient:
         request: dict[str, Any] = {"model": self.config.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
         if extra:
             request.update(extra)
-        async with self._slots:
-            try:
-                response = await self._openai.post("/completions", body=request, cast_to=Completion)
-            except openai.APIError as exc:
-                self.usage.record(self.role, stage, failed=True)
-                raise self._rejection_for(exc) from None
-            except json.JSONDecodeError as exc:
-                self.usage.record(self.role, stage, failed=True)
-                raise LLMRejection(
-                    "invalid_output", self._redact(f"HTTP 200 from {self.config.base_url} with a body that is not JSON ({exc.msg})")
-                ) from None
+        response = await self._post("/completions", request, Completion, stage)
         usage = getattr(response, "usage", None)
         self.usage.record(
             self.role, stage,

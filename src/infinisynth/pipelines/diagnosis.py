@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
@@ -167,6 +168,30 @@ def registration_extra(params: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the run: its start and its context ----------------------------------------------------------
+
+
+def begin(
+    params: dict[str, Any],
+    conf: dict[str, Any] | None,
+    standing: Any,
+    triggering: list[dict[str, Any]],
+    latest: Callable[[], dict[str, Any] | None],
+    *,
+    run_id: str,
+    date: str,
+    lookup: ConnectionLookup,
+) -> dict[str, Any]:
+    """A run's start: its settings (resolved once: Param defaults < the settings Variable < the
+    run's conf), its target (the triggering event's, the Params', else the latest registration's)
+    and its iteration. The returned ``run`` travels to every task, so a retried task or a changed
+    Variable never mixes two sets of settings in one iteration."""
+    values = run_settings(params, conf, standing)
+    settings = DiagnosisSettings(**values)
+    needs_latest = not triggering and not (settings.target_base_url or settings.target_model)
+    target, trigger, event = resolve_target(settings, triggering, latest() if needs_latest else None)
+    store = store_for(settings.storage_root or None, lookup)
+    run = start(store, run_id=run_id, date=date, target=target, trigger=trigger, event=event, settings=settings)
+    return {**run, "settings": values}
 
 
 def start(

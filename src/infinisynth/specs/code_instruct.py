@@ -10,11 +10,12 @@ from __future__ import annotations
 from pydantic import Field
 
 from infinisynth.spec import PipelineSettings, PipelineSpec, Step
+from infinisynth.specs.common import LintGate, QualityGate
 
 PIPELINE = "code_instruct"
 
 
-class CodeInstructSettings(PipelineSettings):
+class CodeInstructSettings(QualityGate, LintGate, PipelineSettings):
     """A run's settings, with the paper's defaults: every field is a Param of the DAG."""
 
     seed_source: str = Field(
@@ -34,17 +35,9 @@ class CodeInstructSettings(PipelineSettings):
     backfeed_languages: list[str] = Field(default_factory=list, description="Target languages of backfeed problems; empty = the seeds' mix")
     reuse_graph: bool = Field(True, description="Grow the knowledge graph from the latest earlier night's")
     sampling_seed: int = Field(0, description="Random seed for keyword-combination sampling")
-    quality_samples: int = Field(3, ge=1, description="Independent judge assessments averaged")
-    quality_threshold: float = Field(6.0, ge=1, le=10, description="Keep problems whose mean score is at least this")
-    min_problem_chars: int = Field(40, ge=1, description="Shorter problems are rejected")
-    generator_model: str | None = Field(None, description="Override the generator connection's model")
     generator_temperature: float | None = Field(None, ge=0, le=2, description="Override the generator's temperature")
     generator_max_tokens: int | None = Field(None, gt=0, description="Override the generator's max_tokens")
-    judge_model: str | None = Field(None, description="Override the judge connection's model")
     judge_temperature: float | None = Field(None, ge=0, le=2, description="Override the judge's temperature")
-    lint_gate: bool = Field(True, description="Discard pairs whose code has an error-level lint finding (off: publish unchecked)")
-    lint_max_code_bytes: int = Field(256 * 1024, gt=0, description="Larger code blocks fail the gate unread")
-    lint_timeout_scale: float = Field(1.0, gt=0, description="Multiplies every linter's time budget")
     score_seed_problems: bool = Field(
         True, description="Judge the seeds' own problems (Magicoder files) for the complexity-by-origin report"
     )

@@ -16,12 +16,13 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from infinisynth.spec import PipelineSettings, PipelineSpec, Step
+from infinisynth.specs.common import LintGate, QualityGate
 
 PIPELINE = "diagnosis"
 HOLDOUT_SOURCE = "holdout"
 
 
-class DiagnosisSettings(PipelineSettings):
+class DiagnosisSettings(QualityGate, LintGate, PipelineSettings):
     """A run's settings: every field is a Param of the DAG."""
 
     target_base_url: str | None = Field(None, description="Manual runs: the model's OpenAI-compatible base URL (else the asset event's)")
@@ -50,15 +51,7 @@ class DiagnosisSettings(PipelineSettings):
         0.50, ge=0, le=1, description="Reject targeted rows sharing this share of word n-grams with a diagnosis prompt"
     )
     leakage_ngram: int = Field(5, ge=1, le=20, description="Word n-gram length of the overlap check")
-    quality_samples: int = Field(3, ge=1, description="Independent judge assessments averaged")
-    quality_threshold: float = Field(6.0, ge=1, le=10, description="Keep targeted problems whose mean score is at least this")
-    min_problem_chars: int = Field(40, ge=1, description="Shorter targeted problems are rejected")
     oracle_model: str | None = Field(None, description="Override the oracle connection's model")
-    generator_model: str | None = Field(None, description="Override the generator connection's model")
-    judge_model: str | None = Field(None, description="Override the judge connection's model")
-    lint_gate: bool = Field(True, description="Discard pairs whose code has an error-level lint finding (the code pipeline's static gate)")
-    lint_max_code_bytes: int = Field(256 * 1024, gt=0, description="Larger code blocks fail the gate unread")
-    lint_timeout_scale: float = Field(1.0, gt=0, description="Multiplies every linter's time budget")
 
 
 class ModelRegistration(BaseModel):
