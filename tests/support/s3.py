@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.support.servers import listening_process
+
 # The child prints its port once listening, then serves until its stdin closes (so it never
 # outlives the test run, even if the parent is killed).
 _SERVER = """
@@ -51,32 +53,16 @@ class S3Endpoint:
 
 @contextmanager
 def moto_s3(bucket: str = "infinisynth-test") -> Iterator[S3Endpoint]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SERVER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline() if process.stdout else ""
-        if not line.startswith("LISTENING"):
-            raise RuntimeError(f"moto server did not start: {line!r}")
-        endpoint = S3Endpoint(
-            endpoint_url=f"http://127.0.0.1:{int(line.split()[1])}",
-            key="AKIATESTKEY0000",
-            secret=f"test-secret-{uuid.uuid4().hex}",
-            bucket=bucket,
-        )
-        endpoint.client().create_bucket(Bucket=bucket)
-        yield endpoint
-    finally:
-        if process.stdin:
-            process.stdin.close()
+    with listening_process([sys.executable, "-c", _SERVER], "moto server", stdin=subprocess.PIPE) as (process, port):
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            endpoint = S3Endpoint(
+                endpoint_url=f"http://127.0.0.1:{port}",
+                key="AKIATESTKEY0000",
+                secret=f"test-secret-{uuid.uuid4().hex}",
+                bucket=bucket,
+            )
+            endpoint.client().create_bucket(Bucket=bucket)
+            yield endpoint
+        finally:
+            if process.stdin:
+                process.stdin.close()  # the server's own way out

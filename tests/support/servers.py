@@ -42,23 +42,27 @@ class ScriptedOpenAI:
 
 
 @contextmanager
-def scripted_openai(latency: float = 0.0, capacity: int = 64) -> Iterator[ScriptedOpenAI]:
-    process = subprocess.Popen(
-        [sys.executable, str(SUPPORT / "scripted_openai.py"), "--port", "0", "--latency", str(latency), "--capacity", str(capacity)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def listening_process(argv: list[str], what: str, **popen: Any) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A child process that prints ``LISTENING <port>`` once it serves: (process, port); stopped after."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, **popen)
     try:
         line = process.stdout.readline() if process.stdout else ""
         if not line.startswith("LISTENING"):
-            raise RuntimeError(f"scripted server did not start: {line!r}")
-        yield ScriptedOpenAI(process, int(line.split()[1]))
+            raise RuntimeError(f"{what} did not start: {line!r}")
+        yield process, int(line.split()[1])
     finally:
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def scripted_openai(latency: float = 0.0, capacity: int = 64) -> Iterator[ScriptedOpenAI]:
+    argv = [sys.executable, str(SUPPORT / "scripted_openai.py"), "--port", "0", "--latency", str(latency), "--capacity", str(capacity)]
+    with listening_process(argv, "scripted server") as (process, port):
+        yield ScriptedOpenAI(process, port)
 
 
 def wait_for_http(url: str, timeout: float = 60.0) -> None:

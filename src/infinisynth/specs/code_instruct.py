@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from infinisynth.spec import PipelineSettings, PipelineSpec, Step
-from infinisynth.specs.common import LintGate, QualityGate
+from infinisynth.specs.common import LintGate, QualityGate, answered_and_verified
 
 PIPELINE = "code_instruct"
 
@@ -95,15 +95,7 @@ SPEC = PipelineSpec(
             task="assess_quality",
             settings={"samples": "quality_samples", "threshold": "quality_threshold"},
         ),
-        Step("respond", "infinisynth.stages.respond:ResponseGeneration", upstream=("quality",), task="generate_responses"),
-        Step(
-            "verify",
-            "infinisynth.stages.verify:StaticVerification",
-            "batch",
-            upstream=("respond",),
-            task="verify_responses",
-            funnel_meta=("discard_by_language",),
-        ),
+        *answered_and_verified("quality"),
         Step(
             "dataset",
             "infinisynth.pipelines.code_instruct:Publish",

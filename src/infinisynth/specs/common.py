@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from infinisynth.spec import Step
+
 
 class QualityGate(BaseModel):
     """Infinite-Instruct 3.3: problems judged on seven dimensions, kept when the mean passes."""
@@ -21,3 +23,18 @@ class LintGate(BaseModel):
     lint_gate: bool = Field(True, description="Discard pairs whose code has an error-level lint finding (off: publish unchecked)")
     lint_max_code_bytes: int = Field(256 * 1024, gt=0, description="Larger code blocks fail the gate unread")
     lint_timeout_scale: float = Field(1.0, gt=0, description="Multiplies every linter's time budget")
+
+
+def answered_and_verified(after: str) -> tuple[Step, Step]:
+    """Responses to the problems of step ``after``, then the lint gate on them (Infinite-Instruct 3.3-3.4)."""
+    return (
+        Step("respond", "infinisynth.stages.respond:ResponseGeneration", upstream=(after,), task="generate_responses"),
+        Step(
+            "verify",
+            "infinisynth.stages.verify:StaticVerification",
+            "batch",
+            upstream=("respond",),
+            task="verify_responses",
+            funnel_meta=("discard_by_language",),
+        ),
+    )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from infinisynth.spec import PipelineSettings, PipelineSpec, Step
-from infinisynth.specs.common import LintGate, QualityGate
+from infinisynth.specs.common import LintGate, QualityGate, answered_and_verified
 
 PIPELINE = "diagnosis"
 HOLDOUT_SOURCE = "holdout"
@@ -97,15 +97,7 @@ SPEC = PipelineSpec(
         ),
         Step("leakage", f"{_DIAGNOSIS}:ScreenLeakage", "global", upstream=("targeted",), task="screen_leakage"),
         Step("quality", "infinisynth.stages.quality:QualityAssessment", upstream=("leakage",), task="assess_quality", settings=_QUALITY),
-        Step("respond", "infinisynth.stages.respond:ResponseGeneration", upstream=("quality",), task="generate_responses"),
-        Step(
-            "verify",
-            "infinisynth.stages.verify:StaticVerification",
-            "batch",
-            upstream=("respond",),
-            task="verify_responses",
-            funnel_meta=("discard_by_language",),
-        ),
+        *answered_and_verified("quality"),
         Step("dataset", f"{_DIAGNOSIS}:Publish", "global", upstream=("verify",), task="publish", in_funnel=False),
     ),
     context=f"{_DIAGNOSIS}:run_context",
