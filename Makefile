@@ -16,7 +16,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: setup demo test check model-server lint-service bench lock clean
+.PHONY: setup demo test check ui model-server lint-service bench lock clean
 
 ESLINT_STAMP := tools/eslint/node_modules/.installed
 
@@ -59,6 +59,10 @@ check: setup
 	$(VENV)/bin/ruff check src dags tests benchmarks
 	$(VENV)/bin/ruff format --check src dags tests benchmarks
 	$(VENV)/bin/mypy
+
+# The Airflow UI and a scheduler on this machine. standalone starts its components from PATH.
+ui: setup
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH AIRFLOW__CORE__PARALLELISM=$${AIRFLOW__CORE__PARALLELISM:-4} $(VENV)/bin/airflow standalone
 
 model-server: setup
 	$(PY) -m infinisynth.model_server
