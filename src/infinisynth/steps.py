@@ -26,7 +26,7 @@ from infinisynth.settings import ConnectionLookup, env_connection, role_config
 from infinisynth.shards import ShardResult, commit_stage, run_batch_shard, run_stage_shard
 from infinisynth.spec import PipelineSpec, Step
 from infinisynth.stages.base import ModelStage, StepOutput
-from infinisynth.storage import Store
+from infinisynth.storage import Partition, Store
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class RunContext:
         resolve = self.roles or (lambda role: role_config(role, self.lookup))
         return resolve(name).with_overrides(**self.settings.role_overrides(name))
 
-    def partition(self, stage: str) -> Any:
+    def partition(self, stage: str) -> Partition:
         return self.store.partition(self.spec.name, stage, self.ds)
 
 
@@ -109,7 +109,8 @@ def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> di
     ref = ShardRef(**shard)
     rows = ctx.partition(ref.stage).read_file(ref.file).to_pylist()
     results: dict[str, Any] = {}
-    for step in ctx.spec.chain(step_name):
+    chain = ctx.spec.chain(step_name)
+    for position, step in enumerate(chain):
         cls = stage_class(step)
         if step.kind == "batch":
             result = run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, ref.shard, rows, cls.from_context(ctx))
@@ -119,8 +120,8 @@ def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> di
                 ctx.store, ctx.spec.name, step.name, ctx.ds, ref.shard, todo, ctx.role(role_of(step, cls)), model_stage(ctx, step)
             )
         results[step.name] = result.to_dict()
-        # The next fused step reads this shard's own, not yet committed, data file.
-        rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
+        if position + 1 < len(chain):  # the next fused step reads this shard's own, not yet committed, data file
+            rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
     return results
 
 
