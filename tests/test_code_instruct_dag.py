@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from infinisynth.settings import store_for
+from infinisynth.storage import MANIFEST
 from tests.support.fixtures import connection_env
 from tests.support.servers import scripted_openai
 
@@ -212,7 +213,7 @@ def test_run_writes_to_s3_through_an_airflow_connection(airflow_home, server, tm
         output = airflow_home.dags_test("code_instruct", "2026-01-03", conf, env)
 
         keys = [obj["Key"] for obj in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="nightly/")["Contents"]]
-        assert "nightly/code_instruct/dataset/ds=2026-01-03/_manifest.json" in keys
+        assert f"nightly/code_instruct/dataset/ds=2026-01-03/{MANIFEST}" in keys
         store = store_for(root, lambda conn_id: s3.connection() if conn_id == "infinisynth_s3" else None)
         assert store.partition("code_instruct", "dataset", "2026-01-03").read().num_rows == 4  # holdout_fraction 0
         gate_meta = store.partition("code_instruct", "verify", "2026-01-03").manifest().meta["lint_gate"]

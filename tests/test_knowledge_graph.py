@@ -233,7 +233,7 @@ def test_save_load_round_trip_and_graph_json_loads_in_networkx(tmp_path: Path):
     manifest = store.partition(PIPELINE, "kg_nodes", "2025-01-02").manifest()
     assert (manifest.meta["nodes"], manifest.meta["edges"], manifest.rows) == (6, 6, 6)
 
-    with open(tmp_path / PIPELINE / "kg_nodes" / "ds=2025-01-02" / "graph.json") as fh:
+    with open(tmp_path / PIPELINE / "kg_graph" / "ds=2025-01-02" / "graph.json") as fh:
         from_json = nx.node_link_graph(json.load(fh))
     assert dict(from_json.nodes(data=True)) == dict(graph.nodes(data=True))
     assert edge_dict(from_json) == edge_dict(graph)
@@ -264,6 +264,38 @@ def test_latest_graph_before_picks_newest_earlier_committed_graph(tmp_path: Path
     assert latest_graph_before(store, PIPELINE, "2025-01-04").graph["ds"] == "2025-01-03"
     assert latest_graph_before(store, PIPELINE, "2025-01-02").graph["ds"] == "2025-01-01"
     assert latest_graph_before(store, PIPELINE, "2025-01-01") is None
+
+
+def test_a_night_never_grows_from_a_later_nights_graph_whatever_the_backfill_order(tmp_path: Path):
+    from infinisynth.pipelines.code_instruct import SPEC, CodeInstructSettings, PlanBackfeed
+    from infinisynth.steps import RunContext
+
+    store = Store(f"file://{tmp_path}")
+    settings = CodeInstructSettings(backfeed_languages=["python"], backfeed_ratio=1.0)
+    days = ("2026-01-01", "2026-01-02", "2026-01-03")
+    for ds in days:  # each night's own keywords, committed as the keyword step would
+        keywords = [row(f"p-{ds}-{i}", [f"task {ds}"], [f"instruction {ds} {i}"], [f"knowledge {ds} {i}"]) for i in range(3)]
+        store.partition(PIPELINE, "keywords", ds).write_and_commit(pa.Table.from_pylist(keywords))
+        store.partition(PIPELINE, "reverse", ds).write_and_commit(pa.table({"id": [k["id"] for k in keywords]}))
+
+    def plan(ds: str) -> str | None:
+        """Run the night's graph step; the date it grew from."""
+        return PlanBackfeed(RunContext(SPEC, store, ds, settings)).run().meta["grown_from"]
+
+    def nights_in(ds: str) -> set[str]:
+        return {
+            data["text"].removeprefix("task ") for _, data in load_graph(store, PIPELINE, ds).nodes(data=True) if data["kind"] == "task"
+        }
+
+    # A backfill out of order: the first night, then the third, then the second.
+    assert plan(days[0]) is None
+    assert plan(days[2]) == days[0]
+    assert plan(days[1]) == days[0]  # the third night's graph is newer, but later: never read
+    assert nights_in(days[1]) == {days[0], days[1]}
+    # Re-running the first night after the others: still grown from nothing later.
+    assert plan(days[0]) is None and nights_in(days[0]) == {days[0]}
+    # Re-running the third night now grows it from the second: dates run in order form one chain.
+    assert plan(days[2]) == days[1] and nights_in(days[2]) == set(days)
 
 
 # -- combinations --------------------------------------------------------------------------------

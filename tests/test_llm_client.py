@@ -2,9 +2,10 @@
 
 What a user of the pipeline relies on: structured answers arrive validated in every structured
 output mode; transport trouble (429, 5xx, timeouts, dropped connections, garbage bodies) is retried
-within bounds and then becomes an :class:`LLMRejection` with a reason, never an exception that
-takes a shard down; invalid answers are re-asked a bounded number of times; concurrency and rate
-limits hold; tokens are counted; the API key never leaks; and no input row is ever lost.
+within bounds and then becomes a *transient* :class:`LLMRejection` with a reason, never an
+exception that takes a shard down; invalid answers are re-asked a bounded number of times and then
+are a *final* rejection; concurrency and rate limits hold; tokens are counted; the API key never
+leaks; and no input row is ever lost (a transient one is pending, not rejected).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from infinisynth.llm.structured import response_format
 from infinisynth.runner import Passed, Rejected, rejected_table, run_shard, split_outcomes
 from tests.support.servers import ScriptedOpenAI
 
-# The reasons LLMRejection documents; a stage writes them into the rejected table.
-REASONS = {"rate_limited", "server_error", "timeout", "connection_error", "request_rejected", "invalid_output"}
+# The reasons LLMRejection documents. Final ones go to the rejected table; transient ones leave the row pending.
+FINAL = {"request_rejected", "invalid_output"}
+TRANSIENT = {"rate_limited", "server_error", "timeout", "connection_error", "broken_response", "endpoint_refused"}
+REASONS = FINAL | TRANSIENT
 SECRET = "sk-test-SECRET-abc123"
 FAST = 0.05  # a Retry-After (seconds) short enough to keep failure tests quick
 
@@ -70,6 +73,7 @@ def rejection(cfg: RoleConfig, text: str, usage: UsageMeter | None = None, stage
     with pytest.raises(LLMRejection) as caught:
         structured(cfg, text, usage, stage)
     assert caught.value.reason in REASONS
+    assert caught.value.transient == (caught.value.reason in TRANSIENT)
     return caught.value
 
 
@@ -145,15 +149,23 @@ def test_429_retry_after_is_honoured_then_succeeds(fresh_scripted: ScriptedOpenA
 
 
 @pytest.mark.parametrize(
-    ("status", "reason", "retried"),
-    [(429, "rate_limited", True), (500, "server_error", True), (503, "server_error", True), (400, "request_rejected", False)],
+    ("status", "reason", "retried", "transient"),
+    [
+        (429, "rate_limited", True, True),
+        (500, "server_error", True, True),
+        (503, "server_error", True, True),
+        (400, "request_rejected", False, False),  # this request is refused: a verdict on the row
+        (401, "endpoint_refused", False, True),  # a wrong key refuses every row: not the row's fault
+    ],
 )
-def test_status_forever_is_rejected_after_bounded_attempts(fresh_scripted: ScriptedOpenAI, status: int, reason: str, retried: bool) -> None:
+def test_status_forever_is_rejected_after_bounded_attempts(
+    fresh_scripted: ScriptedOpenAI, status: int, reason: str, retried: bool, transient: bool
+) -> None:
     fresh_scripted.script([{"match": "always-fails", "actions": [{"status": status, "retry_after": FAST}]}])
     usage = UsageMeter()
     rejected = rejection(config(fresh_scripted, max_retries=2), "always-fails: write a problem", usage)
 
-    assert rejected.reason == reason
+    assert rejected.reason == reason and rejected.transient == transient
     assert f"HTTP {status}" in rejected.detail
     attempts = 3 if retried else 1  # max_retries + 1, or once for a request the server refuses
     assert fresh_scripted.stats()["total"] == attempts
@@ -195,14 +207,24 @@ def test_dropped_once_then_success(fresh_scripted: ScriptedOpenAI) -> None:
     assert fresh_scripted.stats()["total"] == 2
 
 
-@pytest.mark.parametrize("body", ["<html>oops", "[]", "null", '{"choices": "x"}'])
-def test_garbage_http_200_body_is_a_rejection(fresh_scripted: ScriptedOpenAI, body: str) -> None:
+@pytest.mark.parametrize("body", ["<html>oops", "[]", "null", '{"choices": "x"}', '{"choices": []}'])
+def test_garbage_http_200_body_is_retried_then_a_transient_rejection(fresh_scripted: ScriptedOpenAI, body: str) -> None:
     fresh_scripted.script([{"match": "garbage", "actions": [{"body": body}]}])
     usage = UsageMeter()
-    rejected = rejection(config(fresh_scripted), "garbage: write a problem", usage)  # not a JSONDecodeError
-    assert rejected.reason == "invalid_output"
-    assert "HTTP 200" in rejected.detail and "not" in rejected.detail
+    rejected = rejection(config(fresh_scripted, max_retries=2), "garbage: write a problem", usage)  # not a JSONDecodeError
+    assert rejected.reason == "broken_response" and rejected.transient  # the call did not complete: no verdict
+    assert "HTTP 200" in rejected.detail and "not" in rejected.detail and "after 3 attempts" in rejected.detail
+    assert fresh_scripted.stats()["total"] == 3  # retried like a 5xx: max_retries + 1 attempts
     assert usage.snapshot()["generator/write"]["failed_requests"] == 1
+
+
+@pytest.mark.parametrize("body", ["<html>oops", '{"choices": []}'])
+def test_garbage_http_200_body_once_is_retried_then_succeeds(fresh_scripted: ScriptedOpenAI, body: str) -> None:
+    fresh_scripted.script([{"match": "garbage-once", "actions": [{"body": body}, {"default": True}]}])
+    usage = UsageMeter()
+    assert isinstance(structured(config(fresh_scripted, max_retries=1), "garbage-once: write a problem", usage), Problem)
+    assert fresh_scripted.stats()["total"] == 2
+    assert usage.snapshot()["generator/write"]["failed_requests"] == 0
 
 
 # -- invalid answers ---------------------------------------------------------------------------
@@ -404,7 +426,15 @@ def test_api_key_is_sent_but_never_leaks(fresh_scripted: ScriptedOpenAI, caplog:
     ]
 
     assert fresh_scripted.stats()["auth_headers"] == [f"Bearer {SECRET}"]
-    assert {r.reason for r in rejections} == {"rate_limited", "server_error", "connection_error", "timeout", "invalid_output"}
+    assert {r.reason for r in rejections} == {
+        "rate_limited",
+        "server_error",
+        "connection_error",
+        "timeout",
+        "invalid_output",
+        "broken_response",
+    }
+    assert rejections[-1].raw_answer == "<html>bad key ***</html>"  # the broken body is kept, redacted
     places = {
         "repr(config)": repr(cfg),
         "str(config)": str(cfg),
@@ -432,7 +462,7 @@ FATES: dict[int, tuple[dict[str, Any] | None, str | None]] = {
     3: ({"status": 500, "retry_after": FAST}, "server_error"),
     5: ({"content": "{not json"}, "invalid_output"),
     6: ({"drop": True}, "connection_error"),
-    7: ({"body": "<html>oops"}, "invalid_output"),
+    7: ({"body": "<html>oops"}, "broken_response"),
 }
 
 
@@ -464,11 +494,14 @@ def test_no_row_is_lost_in_a_shard(fresh_scripted: ScriptedOpenAI) -> None:
 
     shard = asyncio.run(run())
     outputs, rejects = split_outcomes("write", shard)
+    pending = shard.pending
 
     assert [row for row, _ in shard.outcomes] == rows  # every input, in order
-    assert len(outputs) + len(rejects) == len(rows)
+    assert len(outputs) + len(rejects) + len(pending) == len(rows)
     assert [o["id"] for o in outputs] == [f"{r}-out" for r, why in expected_reason.items() if why is None]
-    assert {r["id"]: r["reason"] for r in rejects} == {r: why for r, why in expected_reason.items() if why}
+    # Only verdicts are rejected rows; a call that did not complete leaves its row pending.
+    assert {r["id"]: r["reason"] for r in rejects} == {r: why for r, why in expected_reason.items() if why in FINAL}
+    assert {row["id"]: o.reason for row, o in pending} == {r: why for r, why in expected_reason.items() if why in TRANSIENT}
     for reject in rejects:
         original = next(row for row in rows if row["id"] == reject["id"])
         assert json.loads(reject["input_json"]) == original  # the input itself survives

@@ -91,7 +91,9 @@ def test_killed_shard_resumes_without_paying_twice(tmp_path):
         paid_on_resume = server.stats()["total"]
 
         assert resumed["resumed"] == saved
-        assert paid_on_resume == ROWS - saved, "only unfinished rows may be paid for again"
+        # Rows answered after the last checkpoint but before the kill come back from the response cache.
+        from_cache = resumed["usage"]["generator/reverse"]["cached_requests"]
+        assert paid_on_resume + from_cache == ROWS - saved, "only unfinished rows may be paid for again"
         assert paid_before_kill + paid_on_resume < 2 * ROWS
 
         # The resumed shard equals an uninterrupted run's: same ids, no duplicates.
@@ -105,8 +107,9 @@ def test_killed_shard_resumes_without_paying_twice(tmp_path):
     assert resumed_rows.num_rows == ROWS
     assert resumed_rows.column("id").to_pylist() == clean_rows.column("id").to_pylist()
     assert len(set(resumed_rows.column("id").to_pylist())) == ROWS
-    # Token usage spent before the kill is still reported for the shard.
-    assert resumed["usage"]["generator/reverse"]["requests"] >= ROWS
+    # Token usage spent before the kill is still reported for the shard (answers reused from the cache apart).
+    usage = resumed["usage"]["generator/reverse"]
+    assert usage["requests"] + usage["cached_requests"] >= ROWS
 
 
 def test_changed_prompt_does_not_reuse_checkpointed_answers(tmp_path, monkeypatch):
@@ -128,3 +131,24 @@ def test_changed_prompt_does_not_reuse_checkpointed_answers(tmp_path, monkeypatc
     changed_model = LLMClient(config.with_overrides(model="other"))
     assert ReverseConstruction(changed_model).cache_key(row) != ReverseConstruction(client).cache_key(row)
     assert ReverseConstruction(client, ReverseSettings(problems_per_seed=2)).cache_key(row) != ReverseConstruction(client).cache_key(row)
+
+
+def test_a_checkpoint_keeps_verdicts_but_never_calls_that_did_not_complete(tmp_path):
+    """A transient rejection (a 5xx, a timeout, ...) is no outcome: even one an older version saved
+    is not resumed, so a retried task asks again for exactly those rows."""
+    from infinisynth.runner import Passed, Rejected
+
+    store = store_for(f"file://{tmp_path}")
+    checkpoint = Checkpoint(store, store.work_dir(PIPELINE, REVERSE_STAGE, DS, 0))
+    checkpoint.save(
+        [
+            ("a:k", Passed([{"id": "a-out"}])),
+            ("b:k", Rejected("invalid_output", "no valid answer after 3 answers", raw_answer="{")),
+            ("c:k", Rejected("server_error", "HTTP 500 after 6 attempts")),
+            ("d:k", Rejected("broken_response", "HTTP 200 with a body that is not JSON")),
+        ],
+        {},
+    )
+    outcomes, _ = checkpoint.load()
+    assert set(outcomes) == {"a:k", "b:k"}
+    assert outcomes["b:k"] == Rejected("invalid_output", "no valid answer after 3 answers", raw_answer="{")

@@ -15,15 +15,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from infinisynth.errors import InputError
 from infinisynth.records import content_id
 from infinisynth.seeds import (
+    CONTROL_CHARACTERS,
     EXTENSION_LANGUAGES,
+    SEED_EPOCH,
     SEED_SCHEMA,
+    SEED_TOO_LARGE,
     SeedFileError,
     SeedStats,
+    date_window,
     default_seed_roots,
     load_magicoder,
     mine_snippets,
+    sample_magicoder,
+    screen_seeds,
 )
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -251,7 +258,8 @@ def test_all_seeds_blank(tmp_path: Path) -> None:
     assert_error(write_jsonl(tmp_path / "m.jsonl", lines), "empty seed")
 
 
-def test_seed_file_error_is_a_value_error() -> None:
+def test_seed_file_error_is_an_input_error() -> None:
+    assert issubclass(SeedFileError, InputError)
     assert issubclass(SeedFileError, ValueError)
 
 
@@ -428,7 +436,7 @@ def test_languages_restricts_what_is_mined(source_tree: Path) -> None:
     assert table.num_rows > 0
     assert set(table.column("lang").to_pylist()) == {"sql"}
 
-    with pytest.raises(ValueError, match="cobol"):
+    with pytest.raises(InputError, match="cobol"):
         mine_snippets([source_tree], **MINE_OPTIONS, languages=["cobol"])
 
 
@@ -544,3 +552,225 @@ def test_default_roots_mine_python_and_javascript_in_balance() -> None:
     table = mine_snippets(roots, max_snippets=40, languages=["python", "javascript"])
 
     assert Counter(table.column("lang").to_pylist()) == {"python": 20, "javascript": 20}
+
+
+# --- a date's own seeds ------------------------------------------------------------------------
+
+DATES = ("2026-01-02", "2026-01-03", "2026-01-04")  # windows 1, 2 and 3: one lap of every corpus below
+
+
+def ids_of(table: pa.Table) -> set[str]:
+    return set(table.column("id").to_pylist())
+
+
+def files_of(table: pa.Table) -> set[str]:
+    return {source.rsplit(":", 1)[0] for source in table.column("source").to_pylist()}
+
+
+def assert_pairwise_disjoint(tables: list[pa.Table]) -> None:
+    for i, first in enumerate(tables):
+        for second in tables[i + 1 :]:
+            assert not ids_of(first) & ids_of(second)
+
+
+def test_a_dates_window_is_its_day_number_from_the_epoch() -> None:
+    assert date_window(SEED_EPOCH) == 0
+    assert date_window("2026-01-01") == 0
+    assert [date_window(ds) for ds in DATES] == [1, 2, 3]
+    assert date_window("2026-03-01") == 59
+    assert date_window("2025-12-31") == -1
+
+
+def magicoder_rows(count: int, langs: tuple[str, ...] = ("python",)) -> list[dict]:
+    return [
+        {"lang": langs[i % len(langs)], "index": i, "seed": f"def task_{i}(x):\n    return x * {i}\n", "problem": f"Multiply by {i}."}
+        for i in range(count)
+    ]
+
+
+def write_seed_file(path: Path, rows: list[dict]) -> Path:
+    if path.suffix == ".parquet":
+        return write_parquet(path, rows)
+    return write_jsonl(path, jsonl_lines(rows))
+
+
+@pytest.mark.parametrize("name", ["m.parquet", "m.jsonl"])
+def test_three_dates_take_disjoint_seeds_from_a_magicoder_file_and_a_rerun_the_same(tmp_path: Path, name: str) -> None:
+    path = write_seed_file(tmp_path / name, magicoder_rows(40))
+
+    tables = [sample_magicoder(path, size=8, window=date_window(ds)) for ds in DATES]
+
+    assert [table.num_rows for table in tables] == [8, 8, 8]
+    assert_pairwise_disjoint(tables)
+    assert all(table.schema == SEED_SCHEMA for table in tables)
+    for ds, table in zip(DATES, tables):
+        assert sample_magicoder(path, size=8, window=date_window(ds)).equals(table)  # a re-run of the date
+        numbers = [int(source.split(":")[1]) for source in table.column("source").to_pylist()]
+        assert numbers == sorted(numbers)  # the window's rows, in the file's order
+
+
+def test_the_mining_seed_changes_which_rows_a_date_gets(tmp_path: Path) -> None:
+    path = write_seed_file(tmp_path / "m.jsonl", magicoder_rows(40))
+    assert ids_of(sample_magicoder(path, size=8, window=3, seed=0)) != ids_of(sample_magicoder(path, size=8, window=3, seed=1))
+
+
+def test_a_magicoder_corpus_wraps_around_once_used_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_seed_file(tmp_path / "m.jsonl", magicoder_rows(10))
+    everything = ids_of(load_magicoder(path))
+
+    with caplog.at_level("WARNING", logger="infinisynth.seeds"):
+        first, second = sample_magicoder(path, size=4, window=0), sample_magicoder(path, size=4, window=1)
+    assert not caplog.records  # 8 of 10 rows: nothing used twice yet
+    stats = SeedStats()
+    with caplog.at_level("WARNING", logger="infinisynth.seeds"):
+        third = sample_magicoder(path, size=4, window=2, stats=stats)
+
+    assert not ids_of(first) & ids_of(second)
+    assert ids_of(first) | ids_of(second) | ids_of(third) == everything  # every row served before any repeats
+    assert len(ids_of(third) & ids_of(first)) == 2  # the last two rows, then the first two again
+    assert "wraps around" in caplog.text and str(path) in caplog.text
+    assert stats.window["file"] == {"corpus": 10, "window": 2, "first": 8, "lap": 1, "wrapped": True}
+
+
+def test_a_magicoder_corpus_smaller_than_a_date_gives_every_date_all_of_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_seed_file(tmp_path / "m.jsonl", magicoder_rows(5))
+    with caplog.at_level("WARNING", logger="infinisynth.seeds"):
+        tables = [sample_magicoder(path, size=8, window=date_window(ds)) for ds in DATES]
+    assert all(table.equals(load_magicoder(path)) for table in tables)
+    assert "every date gets all of them" in caplog.text
+
+
+def test_magicoder_languages_choose_the_corpus(tmp_path: Path) -> None:
+    path = write_seed_file(tmp_path / "m.jsonl", magicoder_rows(30, langs=("python", "java", "rust")))
+
+    table = sample_magicoder(path, size=4, window=1, languages=["Java"])
+    assert table.num_rows == 4 and set(table.column("lang").to_pylist()) == {"java"}
+
+    with pytest.raises(InputError, match="cobol"):
+        sample_magicoder(path, size=4, languages=["cobol"])
+    with pytest.raises(SeedFileError) as caught:
+        sample_magicoder(path, size=4, languages=["go"])
+    assert str(path) in str(caught.value) and "java (10), python (10), rust (10)" in str(caught.value)
+
+
+def test_a_malformed_row_anywhere_fails_every_date_naming_file_and_line(tmp_path: Path) -> None:
+    lines = jsonl_lines(magicoder_rows(60))
+    lines.insert(56, '{"seed": "x", "lang": ')
+    path = write_jsonl(tmp_path / "m.jsonl", lines)
+
+    for ds in DATES:  # the bad line is in no date's window, yet every date refuses the file
+        with pytest.raises(InputError) as caught:
+            sample_magicoder(path, size=4, window=date_window(ds))
+        assert isinstance(caught.value, SeedFileError)
+        assert str(path) in str(caught.value) and "line 57" in str(caught.value)
+
+
+def test_seed_line_endings_are_normalized(tmp_path: Path) -> None:
+    path = write_seed_file(tmp_path / "m.jsonl", [{"lang": "c", "seed": "int x;\r\nint y;\rint z;\r\n", "problem": "a\r\nb"}])
+    row = sample_magicoder(path, size=1).to_pylist()[0]
+    assert row["seed"] == "int x;\nint y;\nint z;\n" and row["seed_problem"] == "a\nb"
+    assert row["id"] == content_id("seed", "c", row["seed"])
+
+
+def test_screening_rejects_oversized_and_control_character_seeds_with_reasons(tmp_path: Path) -> None:
+    rows = [
+        {"lang": "python", "seed": "def ok():\n\treturn 1\n"},
+        {"lang": "python", "seed": "x = '" + "a" * 9_000 + "'"},
+        {"lang": "c", "seed": 'char *s = "a\0b";\nint n;'},
+        {"lang": "c", "seed": "int m;", "problem": "Explain\n\x1b[31mthis"},
+        {"lang": "c", "seed": "int k;", "solution": "int k;\x7f"},
+    ]
+    table = sample_magicoder(write_seed_file(tmp_path / "m.jsonl", rows), size=10)
+    assert table.num_rows == 5
+
+    kept, rejected = screen_seeds(table, max_bytes=8_000)
+
+    assert kept.schema == SEED_SCHEMA
+    assert kept.column("seed").to_pylist() == ["def ok():\n\treturn 1\n"]  # tabs and newlines are fine
+    by_id = {row["id"]: row for row in rejected}
+    assert set(by_id) == ids_of(table) - ids_of(kept)
+    reasons = {json.loads(row["input_json"])["seed"][:6]: (row["reason"], row["detail"]) for row in rejected}
+    assert reasons["x = 'a"] == (SEED_TOO_LARGE, "seed is 9,006 bytes; the limit (max_seed_bytes) is 8,000")
+    assert reasons["char *"][0] == CONTROL_CHARACTERS and "seed" in reasons["char *"][1] and "U+0000 on line 1" in reasons["char *"][1]
+    assert (
+        reasons["int m;"][0] == CONTROL_CHARACTERS
+        and reasons["int m;"][1].startswith("seed_problem")
+        and "U+001B on line 2" in reasons["int m;"][1]
+    )
+    assert reasons["int k;"][0] == CONTROL_CHARACTERS and reasons["int k;"][1].startswith("seed_solution")
+    assert all(row["stage"] == "seeds" and "\0" not in row["input_json"] for row in rejected)  # the input kept, JSON-escaped
+
+
+def test_screening_a_clean_table_keeps_it_whole(source_tree: Path) -> None:
+    table = mine_snippets([source_tree], **MINE_OPTIONS)
+    kept, rejected = screen_seeds(table, max_bytes=MINE_OPTIONS["max_snippet_bytes"])
+    assert kept is table and rejected == []
+
+
+def many_modules(root: Path, python: int, javascript: int = 0) -> Path:
+    for i in range(python):
+        path = root / f"py{i % 4}" / f"mod{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(python_source(f"m{i}"))
+    for i in range(javascript):
+        path = root / "js" / f"app{i}.js"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(js_source(f"a{i}"))
+    return root
+
+
+def test_three_dates_mine_disjoint_seeds_and_a_rerun_the_same(tmp_path: Path) -> None:
+    root = many_modules(tmp_path / "tree", python=36, javascript=24)
+    mine = lambda ds: mine_snippets([root], max_snippets=8, window=date_window(ds))  # noqa: E731
+
+    tables = [mine(ds) for ds in DATES]
+
+    assert [table.num_rows for table in tables] == [8, 8, 8]
+    assert all(Counter(table.column("lang").to_pylist()) == {"python": 4, "javascript": 4} for table in tables)
+    assert_pairwise_disjoint(tables)
+    for first, second in [(0, 1), (0, 2), (1, 2)]:
+        assert not files_of(tables[first]) & files_of(tables[second])  # not even a file in common
+    for ds, table in zip(DATES, tables):
+        assert mine(ds).equals(table)
+
+
+def test_mined_files_wrap_around_once_used_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = many_modules(tmp_path / "tree", python=8)
+    every_file = {f"tree/{path.relative_to(root).as_posix()}" for path in root.rglob("*.py")}
+    mine = lambda window, stats=None: mine_snippets([root], max_snippets=2, snippets_per_file=1, window=window, stats=stats)  # noqa: E731
+
+    with caplog.at_level("WARNING", logger="infinisynth.seeds"):
+        first, second = mine(0), mine(1)
+    assert not caplog.records
+    stats = SeedStats()
+    with caplog.at_level("WARNING", logger="infinisynth.seeds"):
+        third = mine(2, stats)
+
+    # Blocks of four files (twice the files two snippets need): two dates a lap.
+    assert stats.window["python"] == {"files": 8, "block_files": 4, "blocks_per_lap": 2, "block": 0, "lap": 1}
+    assert not files_of(first) & files_of(second)
+    assert files_of(third) <= every_file
+    assert "wraps around" in caplog.text and "lap 1" in caplog.text
+    assert mine(2).equals(third)
+
+
+def test_mined_runs_with_control_characters_are_not_cut(tmp_path: Path) -> None:
+    clean = python_source("clean").split("\n")
+    escaped = "\n".join(f"{line}  # \x1b[0m" if line.strip() else line for line in clean)
+    (tmp_path / "colors.py").write_text(escaped)
+    (tmp_path / "late_nul.py").write_text(python_source("late") * 30 + "\n".join(f"v{i} = '\0'" for i in range(40)))
+    stats = SeedStats()
+
+    table = mine_snippets([tmp_path], max_snippets=20, snippets_per_file=4, stats=stats)
+
+    assert stats.snippets_control_characters > 0
+    assert all("\x1b" not in seed and "\0" not in seed for seed in table.column("seed").to_pylist())
+    assert screen_seeds(table, max_bytes=2_000)[1] == []
+
+
+def test_mining_nothing_at_all_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("no code here")
+    with pytest.raises(InputError, match="no source files"):
+        mine_snippets([tmp_path], max_snippets=5)
+    with pytest.raises(InputError, match="not a directory"):
+        mine_snippets([tmp_path / "absent"], max_snippets=5)

@@ -147,7 +147,12 @@ def test_one_cache_key_covers_prompt_role_config_and_settings(headline_prompt):
 
 def test_params_come_from_the_settings_model():
     params = params_from_settings(TinySettings)
-    assert set(params) == {"storage_root", "shard_size", "max_headline_words"}
+    # Every pipeline's settings carry the base knobs: storage, the transient bound, the response cache.
+    base = {"storage_root", "max_transient_share", "response_cache", "response_cache_max_gb"}
+    assert set(params) == base | {"shard_size", "max_headline_words"}
+    assert params["max_transient_share"].value == 0.02
+    assert (params["max_transient_share"].schema["minimum"], params["max_transient_share"].schema["maximum"]) == (0, 1)
+    assert params["response_cache"].value is True and params["response_cache"].schema["type"] == "boolean"
     assert params["max_headline_words"].value == 8
     assert params["max_headline_words"].schema == {"type": "integer", "minimum": 1, "maximum": 30}
     assert params["max_headline_words"].description == "Longer headlines are rejected"

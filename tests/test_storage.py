@@ -3,7 +3,8 @@
 The S3 store is built the way tasks build it: ``store_for("s3://...", lookup)`` with the
 ``infinisynth_s3`` connection (access key pair + ``extra.endpoint_url``), so the connection to
 s3fs mapping is exercised too. Where a test needs "another process" (a writer or reader on a
-different worker) it uses a store on a fresh filesystem instance, with its own s3fs caches.
+different worker) it uses a store on a fresh filesystem instance, with its own s3fs caches; where
+it needs real concurrency (two runs committing one date), it starts real Python processes.
 """
 
 from __future__ import annotations
@@ -11,16 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import random
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pytest
 
 from infinisynth.runner import Checkpoint, Passed, Rejected
@@ -28,9 +34,13 @@ from infinisynth.settings import DEFAULT_STORAGE_CONN, store_for
 from infinisynth.storage import (
     MANIFEST,
     CorruptPartition,
+    Lease,
+    LeaseLost,
+    LeaseTimeout,
     Partition,
     PartitionNotFound,
     SchemaMismatch,
+    SnapshotGone,
     Store,
 )
 from tests.support.s3 import S3Endpoint, moto_s3
@@ -74,13 +84,15 @@ class Backend:
         assert self.s3 is not None and bucket == self.s3.bucket, path
         return key
 
-    def list_names(self, partition: Partition) -> set[str]:
-        """The file names really present in the partition's directory."""
+    def list_names(self, partition: Partition, area: str = "table") -> set[str]:
+        """The file names really present in the partition's folder in the table (what directory
+        readers see), or in its ``staging`` or ``retired`` area."""
+        path = {"table": partition.path, "staging": partition.staging_path, "retired": partition.retired_path}[area]
         if self.kind == "file":
-            directory = Path(partition.path)
+            directory = Path(path)
             return {p.name for p in directory.iterdir()} if directory.exists() else set()
         assert self.s3 is not None
-        prefix = self._key(partition.path) + "/"
+        prefix = self._key(path) + "/"
         pages = self.s3.client().get_paginator("list_objects_v2").paginate(Bucket=self.s3.bucket, Prefix=prefix)
         return {obj["Key"][len(prefix) :] for page in pages for obj in page.get("Contents", [])}
 
@@ -97,6 +109,17 @@ class Backend:
             return Path(path).read_bytes()
         assert self.s3 is not None
         return self.s3.client().get_object(Bucket=self.s3.bucket, Key=self._key(path))["Body"].read()
+
+    def config(self) -> dict[str, Any]:
+        """How a separate Python process opens this store: its root and storage options."""
+        if self.kind == "file":
+            return {"root": self.root, "options": {}}
+        assert self.s3 is not None
+        endpoint = self.s3
+        return {
+            "root": self.root,
+            "options": {"key": endpoint.key, "secret": endpoint.secret, "client_kwargs": {"endpoint_url": endpoint.endpoint_url}},
+        }
 
     def path_exists(self, path: str) -> bool:
         if self.kind == "file":
@@ -212,7 +235,8 @@ def test_read_file_reads_one_shard(store: Store) -> None:
 def test_written_files_are_invisible_until_commit(backend: Backend, store: Store) -> None:
     part = store.partition("demo", "generate", DS)
     data_file = part.write_table(0, rows_table(0, 4))
-    assert data_file.name in backend.list_names(part)  # the bytes are there ...
+    assert data_file.name in backend.list_names(part, "staging")  # the bytes are there ...
+    assert not backend.list_names(part)  # ... outside the table folder
 
     for reader in (part, backend.make_store().partition("demo", "generate", DS)):
         assert not reader.exists()  # ... but no reader sees a partition
@@ -246,8 +270,8 @@ def test_recommit_replaces_rows_and_collects_older_generations(backend: Backend,
     assert table.column("text").to_pylist() == ["gen2"] * 6  # only the new rows, no duplicates
     assert len(set(table.column("id").to_pylist())) == 6
     assert part.manifest().meta == {"attempt": 2}
-    names = backend.list_names(part)
-    assert {f.name for f in gen1} <= names, "the replaced generation is kept one more commit"
+    assert backend.list_names(part) == {MANIFEST} | {f.name for f in gen2}, "directory readers see the new rows only"
+    assert {f.name for f in gen1} <= backend.list_names(part, "retired"), "the replaced generation is kept one more commit"
 
     failed = _generation(part, "failed", [9])  # an attempt that died before committing
     assert part.read().column("text").to_pylist() == ["gen2"] * 6
@@ -255,10 +279,15 @@ def test_recommit_replaces_rows_and_collects_older_generations(backend: Backend,
     gen3 = _generation(part, "gen3", [5])
     part.commit(gen3, SCHEMA, {"attempt": 3})
     assert part.read().column("text").to_pylist() == ["gen3"] * 5
-    names = backend.list_names(part)
-    assert not ({f.name for f in gen1} & names), "two generations back: collected"
-    assert not ({f.name for f in failed} & names), "never committed: collected"
-    assert names == {MANIFEST} | {f.name for f in gen2} | {f.name for f in gen3}
+    names = {area: backend.list_names(part, area) for area in ("table", "staging", "retired")}
+    assert not ({f.name for f in gen1} & set().union(*names.values())), "two generations back: collected"
+    assert names["table"] == {MANIFEST} | {f.name for f in gen3}
+    assert names["retired"] == {f.name for f in gen2}
+    # A staged file may belong to a run that has yet to commit: it stays until older than any run lasts.
+    assert {f.name for f in failed} <= names["staging"]
+    part.collect_garbage(staged_older_than=0)
+    assert not ({f.name for f in failed} & backend.list_names(part, "staging")), "never committed: collected"
+    assert part.read().column("text").to_pylist() == ["gen3"] * 5
 
 
 def test_recommit_from_another_process_is_seen_and_collected(backend: Backend) -> None:
@@ -280,12 +309,15 @@ def test_recommit_from_another_process_is_seen_and_collected(backend: Backend) -
     assert first.manifest().rows == 4
     assert first.exists()
 
-    # ... and its next commit collects what it never saw being written.
+    # ... and its next commit retires what it never saw being committed, and leaves what it never
+    # saw being written out of the table (collected once stale).
     gen3 = _generation(first, "gen3", [1])
     first.commit(gen3, SCHEMA)
-    assert backend.list_names(first) == {MANIFEST} | {f.name for f in gen2} | {f.name for f in gen3}
-    assert not ({f.name for f in failed} & backend.list_names(first))
+    assert backend.list_names(first) == {MANIFEST} | {f.name for f in gen3}
+    assert backend.list_names(first, "retired") == {f.name for f in gen2}
     assert second.read().column("text").to_pylist() == ["gen3"]
+    backend.make_store().partition("demo", "generate", DS).collect_garbage(staged_older_than=0)
+    assert not ({f.name for f in failed} & backend.list_names(first, "staging"))
 
 
 # -- 4. a reader racing a writer --------------------------------------------------------------------
@@ -578,3 +610,261 @@ def test_store_repr_does_not_leak_the_secret(s3_server: S3Endpoint, monkeypatch:
     with pytest.raises(PartitionNotFound) as excinfo:
         store.partition("demo", "generate", "1999-01-01").read()
     assert s3_server.secret not in str(excinfo.value)
+
+
+# -- 10. two runs of one date at once (separate processes) ---------------------------------------------
+
+# One run of a date in its own Python process. For each job it reads on stdin it writes the shards
+# (pausing between them, as mapped tasks finish at different times), commits them, and answers with
+# the outcome and when its writes began and its commit ended.
+_RUN = r"""
+import json, random, sys, time
+import pyarrow as pa
+from infinisynth.storage import Store
+
+config = json.loads(sys.stdin.readline())
+store = Store(config["root"], config["options"])
+store.lease_wait = 60.0
+schema = pa.schema([("id", pa.string()), ("shard", pa.int32()), ("text", pa.string())])
+print("READY", flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    pauses = random.Random(job["seed"])
+    time.sleep(job["offset"])
+    began = time.time()
+    part = store.partition("demo", "generate", job["ds"])
+    files = []
+    for shard, n in enumerate(job["sizes"]):
+        ids = [f"{job['label']}-s{shard}-r{i}" for i in range(n)]
+        rows = pa.table({"id": ids, "shard": pa.array([shard] * n, pa.int32()), "text": [job["label"]] * n}, schema=schema)
+        files.append(part.write_table(shard, rows, schema))
+        time.sleep(pauses.uniform(0, job["pause"]))
+    try:
+        reply = {"ok": True, "rows": part.commit(files, schema, {"run_id": job["label"]}).rows}
+    except Exception as exc:
+        reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps({**reply, "began": began, "ended": time.time()}), flush=True)
+"""
+
+CONCURRENT_TRIALS = 10
+
+
+@contextmanager
+def run_process(backend: Backend, log_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process that runs jobs of ``_RUN`` on the backend's store; its log goes to ``log_path``."""
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-c", _RUN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(json.dumps(backend.config()) + "\n")
+            process.stdin.flush()
+            assert process.stdout.readline().strip() == "READY", log_path.read_text()
+            yield process
+        finally:
+            process.stdin.close()  # the process's way out
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_two_runs_committing_one_date_at_once_leave_one_whole_run(backend: Backend, tmp_path: Path) -> None:
+    """Two processes (two schedulers, a manual run racing the nightly one) write shards of the same
+    date and commit them, with random start offsets. Both commits succeed (the later one waits for
+    the earlier one's lease); the partition then holds one run's rows, whole, never a mix; its
+    manifest names only files that are there, and its folder holds nothing else."""
+    rng = random.Random(20240501)
+    dates = ["2024-06-01", "2024-06-02", "2024-06-03"]  # trials come back to a date: they race a re-commit too
+    at_once = 0
+    store = backend.make_store()  # a third process: it only reads
+    with run_process(backend, tmp_path / "run-a.log") as run_a, run_process(backend, tmp_path / "run-b.log") as run_b:
+        runs = {"A": run_a, "B": run_b}
+        for trial in range(CONCURRENT_TRIALS):
+            ds = dates[trial % len(dates)]
+            jobs = {
+                name: {
+                    "ds": ds,
+                    "label": f"t{trial}{name}",
+                    "sizes": [rng.randint(1, 30) for _ in range(rng.randint(2, 5))],
+                    "seed": rng.random(),
+                    "offset": rng.uniform(0, 0.05),
+                    "pause": 0.01,
+                }
+                for name in runs
+            }
+            if sum(jobs["A"]["sizes"]) == sum(jobs["B"]["sizes"]):
+                jobs["B"]["sizes"].append(1)  # the row count tells the runs apart
+            for name, process in runs.items():
+                assert process.stdin is not None
+                process.stdin.write(json.dumps(jobs[name]) + "\n")
+                process.stdin.flush()
+            replies = {name: json.loads(process.stdout.readline() if process.stdout else "{}") for name, process in runs.items()}
+            for name, reply in replies.items():
+                assert reply.get("ok"), f"trial {trial}: run {name} failed: {reply.get('error')}"
+            a, b = replies["A"], replies["B"]
+            at_once += a["began"] < b["ended"] and b["began"] < a["ended"]
+
+            part = store.partition("demo", "generate", ds)
+            manifest = part.manifest()
+            named = {f.name for f in manifest.files}
+            present = backend.list_names(part)
+            assert named <= present, f"trial {trial}: the manifest names missing files {sorted(named - present)}"
+            assert present == {MANIFEST} | named, f"trial {trial}: the table folder holds files no manifest names"
+            table = part.read()
+            labels = set(table.column("text").to_pylist())
+            assert len(labels) == 1, f"trial {trial}: rows of several runs {labels}"
+            (label,) = labels
+            winner = label[-1]
+            assert label == jobs[winner]["label"], f"trial {trial}: rows of an earlier trial ({label})"
+            assert table.num_rows == manifest.rows == sum(jobs[winner]["sizes"]) == replies[winner]["rows"]
+
+    assert at_once >= CONCURRENT_TRIALS // 2, f"only {at_once} of {CONCURRENT_TRIALS} trials ran the two runs at once"
+    committed = sum(store.partition("demo", "generate", ds).manifest().rows for ds in dates)
+    assert pads.dataset(f"{store.root}/demo/generate", partitioning="hive", filesystem=store.fs).count_rows() == committed
+
+
+# -- 11. leases -----------------------------------------------------------------------------------------
+
+
+def test_a_stale_lease_is_taken_over_and_its_holder_publishes_nothing(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    crashed = Lease(backend.make_store().partition("demo", "generate", DS), "nightly run (crashed)", ttl=0.5)
+    crashed.acquire(wait=0)  # ... and its process died holding it
+    part = backend.make_store().partition("demo", "generate", DS)
+    files = _generation(part, "rerun", [3])
+    time.sleep(0.6)
+
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="infinisynth.storage"):
+        part.commit(files, SCHEMA)
+    assert time.monotonic() - started < 5, "a stale lease is taken over, not waited for"
+    assert any("took over the commit lease of nightly run (crashed)" in r.getMessage() for r in caplog.records)
+    assert part.read().column("text").to_pylist() == ["rerun"] * 3
+
+    # Had the holder only stalled (a zombie task), it finds its lease gone when it wakes: a commit
+    # renews its lease before it publishes, so it stops there.
+    with pytest.raises(LeaseLost, match="nightly run"):
+        crashed.renew()
+
+
+def test_a_live_lease_makes_a_commit_wait_a_bounded_time(backend: Backend) -> None:
+    holder = backend.make_store().partition("demo", "generate", DS)
+    store = backend.make_store()
+    store.lease_wait = 1.0
+    part = store.partition("demo", "generate", DS)
+    part.commit(_generation(part, "nightly", [2]), SCHEMA)
+    files = _generation(part, "manual", [5])
+
+    with holder.lease("nightly run (committing)", ttl=60):
+        started = time.monotonic()
+        with pytest.raises(LeaseTimeout) as excinfo:
+            part.commit(files, SCHEMA)
+        waited = time.monotonic() - started
+    assert 1.0 <= waited < 5
+    message = str(excinfo.value)
+    assert part.url in message and "nightly run (committing)" in message and "until" in message and "waiting 1s" in message
+    # Nothing moved: the committed run stands, the new files are still staged.
+    assert part.read().column("text").to_pylist() == ["nightly"] * 2
+    assert backend.list_names(part) == {MANIFEST} | {f.name for f in part.manifest().files}
+    assert {f.name for f in files} <= backend.list_names(part, "staging")
+
+    # A holder that finishes within the wait lets the commit through.
+    store.lease_wait = 30.0
+    held = threading.Event()
+
+    def hold_briefly() -> None:
+        with holder.lease("nightly run (finishing)", ttl=60):
+            held.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=hold_briefly)
+    thread.start()
+    assert held.wait(10)
+    started = time.monotonic()
+    part.commit(files, SCHEMA)
+    waited = time.monotonic() - started
+    thread.join(timeout=10)
+    assert waited >= 0.3, "the commit did not wait for the holder"
+    assert part.read().column("text").to_pylist() == ["manual"] * 5
+
+
+# -- 12. a replacement says what it replaces ------------------------------------------------------------
+
+
+def test_a_commit_that_replaces_a_partition_logs_what_it_replaces(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    nightly = backend.make_store().partition("demo", "generate", DS)
+    with caplog.at_level(logging.INFO, logger="infinisynth.storage"):
+        first = nightly.commit(_generation(nightly, "nightly", [3, 4]), SCHEMA, {"run_id": "scheduled__2024-05-01T00:00:00+00:00"})
+    assert not [r for r in caplog.records if "replaced" in r.getMessage()], "a first commit replaces nothing"
+    caplog.clear()
+
+    manual = backend.make_store().partition("demo", "generate", DS)
+    with caplog.at_level(logging.INFO, logger="infinisynth.storage"):
+        second = manual.commit(_generation(manual, "manual", [5]), SCHEMA, {"run_id": "manual__2024-05-01T09:00:00+00:00"})
+    (record,) = [r for r in caplog.records if "replaced" in r.getMessage()]
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert manual.url in message
+    assert f"committed at {first.created_at}" in message and "scheduled__2024-05-01T00:00:00+00:00" in message
+    assert "(7 rows, 2 files) with 5 rows, 1 files" in message
+    assert second.committed_by.startswith("run manual__2024-05-01T09:00:00+00:00")
+    assert backend.make_store().partition("demo", "generate", DS).manifest().committed_by == second.committed_by
+
+
+# -- 13. readers that started before a re-commit ---------------------------------------------------------
+
+
+def test_a_stream_begun_before_a_recommit_finishes_on_its_snapshot(backend: Backend) -> None:
+    writer = backend.make_store().partition("demo", "generate", DS)
+    reader = backend.make_store().partition("demo", "generate", DS)
+    old = _generation(writer, "old", [1500, 1200, 900])
+    writer.commit(old, SCHEMA)
+
+    stream = reader.iter_batches(batch_size=100)
+    first = next(stream)
+    writer.commit(_generation(writer, "new", [10]), SCHEMA)
+    assert not ({f.name for f in old} & backend.list_names(writer)), "the replaced files left the table folder"
+
+    table = pa.Table.from_batches([first, *stream])
+    assert table.column("text").to_pylist() == ["old"] * 3600
+    assert len(set(table.column("id").to_pylist())) == 3600
+    assert reader.read_file(old[1].name).num_rows == 1200  # a shard handed out before the re-commit
+    assert reader.read().column("text").to_pylist() == ["new"] * 10
+
+
+def test_a_stream_that_lost_its_snapshot_says_so_and_a_new_read_starts_over(backend: Backend) -> None:
+    writer = backend.make_store().partition("demo", "generate", DS)
+    reader = backend.make_store().partition("demo", "generate", DS)
+    writer.commit(_generation(writer, "old", [300, 300]), SCHEMA)
+    stream = reader.iter_batches(batch_size=100)
+    next(stream)
+    writer.commit(_generation(writer, "newer", [4]), SCHEMA)
+    writer.commit(_generation(writer, "newest", [6]), SCHEMA)  # the "old" files are collected now
+    with pytest.raises(SnapshotGone, match="re-committed twice"):
+        list(stream)
+    assert reader.read().column("text").to_pylist() == ["newest"] * 6
+    assert sum(b.num_rows for b in reader.iter_batches()) == 6
+
+
+# -- 14. a commit that fails half way -------------------------------------------------------------------
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise ValueError("this value has no text")
+
+
+def test_a_commit_that_fails_after_moving_files_leaves_the_table_as_its_manifest_says(backend: Backend) -> None:
+    part = backend.make_store().partition("demo", "generate", DS)
+    gen1 = _generation(part, "gen1", [3])
+    part.commit(gen1, SCHEMA)
+    gen2 = _generation(part, "gen2", [2, 2])
+    with pytest.raises(ValueError, match="no text"):  # the manifest cannot be written: its meta breaks
+        part.commit(gen2, SCHEMA, {"bad": _Unprintable()})
+    assert backend.list_names(part) == {MANIFEST} | {f.name for f in gen1}, "directory readers see the committed rows only"
+    assert part.read().column("text").to_pylist() == ["gen1"] * 3
+
+    # The retry finds the files where the failed attempt left them.
+    part.commit(gen2, SCHEMA, {"attempt": 2})
+    assert part.read().column("text").to_pylist() == ["gen2"] * 4
+    assert backend.list_names(part) == {MANIFEST} | {f.name for f in gen2}

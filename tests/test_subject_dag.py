@@ -143,7 +143,7 @@ def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflo
 
     # The report beside the dataset: coverage, the degree distribution and its plot, difficulty.
     meta = store.partition("subject_instruct", "dataset", DS).manifest().meta
-    folder = store.partition("subject_instruct", "dataset", DS).path
+    folder = f"{store.root}/subject_instruct/reports/ds={DS}"
     report = store.read_json(f"{folder}/report.json")
     assert report["pool"]["rows"] == 7 and report["pool"]["tags_per_domain"]
     assert report["pool"]["network"]["tags"] >= 2 and "power_law" in report["pool"]["network"]

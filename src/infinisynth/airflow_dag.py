@@ -12,11 +12,16 @@ For each step, in order:
 A finishing task returns the shards of the mapped steps whose inputs it completes (they read the
 same upstream steps), and those steps expand over that list. Light on purpose: DAG files call
 this at parse time; task bodies import the library only when they run.
+
+Every task body turns an :class:`~infinisynth.errors.InputError` (a malformed seed file, an
+unknown language, invalid Params ...) into Airflow's ``AirflowFailException``: the task fails at
+once, naming the input and the problem, instead of retrying what cannot succeed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -59,14 +64,36 @@ def pipeline_dag(
     return dag
 
 
+@contextmanager
+def failing_fast() -> Iterator[None]:
+    """Turn an ``InputError`` into ``AirflowFailException``, which Airflow does not retry: the
+    same input would fail the same way on every try."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from infinisynth.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
 def context(spec: PipelineSpec, params: Mapping[str, Any], ds: str, run: dict[str, Any] | None = None) -> Any:
-    """The run's context inside a task: its store, partition, settings and Airflow's connections."""
+    """The run's context inside a task: its store, partition, settings and Airflow's connections.
+    Params the settings model refuses are an ``InputError``."""
+    from pydantic import ValidationError
+
     from infinisynth.airflow_env import connection_lookup, run_role, run_store
+    from infinisynth.errors import InputError
     from infinisynth.steps import RunContext, context_hook
 
     if spec.context:
         return context_hook(spec)(spec, dict(params), ds, run, connection_lookup)
-    return RunContext(spec, run_store(dict(params)), ds, spec.settings(**params), roles=run_role, lookup=connection_lookup)
+    try:
+        settings = spec.settings(**params)
+    except ValidationError as exc:
+        raise InputError(f"the run's Params are not valid {spec.name} settings: {exc}") from exc
+    return RunContext(spec, run_store(dict(params)), ds, settings, roles=run_role, lookup=connection_lookup)
 
 
 def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None = None, run: Any = None) -> dict[str, Any]:
@@ -81,25 +108,29 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
         from infinisynth.steps import run_global_step
 
         results = {name: list(r) for name, r in (upstream_results or {}).items()}
-        return run_global_step(context(spec, params, ds, run), step, results)
+        with failing_fast():
+            return run_global_step(context(spec, params, ds, run), step, results)
 
     @task(**MODEL_TASK)
     def model_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
         from infinisynth.steps import run_step_shard
 
-        return run_step_shard(context(spec, params, ds, run), step, shard)
+        with failing_fast():
+            return run_step_shard(context(spec, params, ds, run), step, shard)
 
     @task(**BATCH_TASK)
     def batch_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
         from infinisynth.steps import run_step_shard
 
-        return run_step_shard(context(spec, params, ds, run), step, shard)
+        with failing_fast():
+            return run_step_shard(context(spec, params, ds, run), step, shard)
 
     @task(**REDUCE)
     def commit(step: str, results: list[dict], run=None, params=None, ds=None) -> list[dict]:
         from infinisynth.steps import commit_step
 
-        return commit_step(context(spec, params, ds, run), step, list(results))
+        with failing_fast():
+            return commit_step(context(spec, params, ds, run), step, list(results))
 
     finished: dict[str, Any] = {}  # step -> the task after which its partition is committed
     mapped: dict[str, Any] = {}  # mapped step -> its mapped task (whose results its commit reads)

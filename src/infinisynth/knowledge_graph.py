@@ -14,14 +14,14 @@ optionally relations it states between them. This module
 
 Pipeline order matters for coverage: ``latest_graph_before`` -> ``build_graph(previous=...)`` ->
 ``sample_combinations`` (increments ``used`` on the graph) -> ``save_graph``, so the usage counts
-carry over to the next night.
+carry over to the next night. A night grows from the newest graph of a strictly earlier date, never
+a later one (see :func:`latest_graph_before`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import posixpath
 import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -77,6 +77,7 @@ EDGE_SCHEMA = pa.schema(
 NODES_STAGE = "kg_nodes"
 EDGES_STAGE = "kg_edges"
 GRAPH_FILE = "graph.json"
+GRAPH_AREA = "kg_graph"  # graph.json per date, outside the kg_nodes table folder
 
 # Sampling weights (see sample_combinations). A task is drawn with probability
 # ∝ count**COUNT_EXPONENT / (1 + used)**USED_EXPONENT. At equilibrium that gives
@@ -277,8 +278,8 @@ def _add_weight(graph: nx.Graph, a: str, b: str, weight: float) -> dict[str, Any
 def save_graph(store: Store, pipeline: str, ds: str, graph: nx.Graph) -> dict[str, Any]:
     """Commit ``graph`` as the ``kg_nodes`` and ``kg_edges`` partitions of ``ds``; return counts and URLs.
 
-    ``graph.json`` (networkx node-link, ``nx.node_link_graph(json.load(f))``) is written into the
-    ``kg_nodes`` directory first, then edges are committed, then nodes: the ``kg_nodes`` manifest
+    ``graph.json`` (networkx node-link, ``nx.node_link_graph(json.load(f))``) is written first
+    (under ``{pipeline}/kg_graph/ds=.../``, beside the tables, not in one), then edges are committed, then nodes: the ``kg_nodes`` manifest
     is the commit point for the whole graph, so a reader that finds it finds the edges too. Both
     manifests carry the same ``version`` token, which :func:`load_graph` checks.
     """
@@ -313,10 +314,10 @@ def save_graph(store: Store, pipeline: str, ds: str, graph: nx.Graph) -> dict[st
     edges_partition = store.partition(pipeline, EDGES_STAGE, ds)
     link_data = nx.node_link_data(graph, edges="edges")
     link_data["graph"] = {**graph_attrs, "version": version}
-    graph_path = posixpath.join(nodes_partition.path, GRAPH_FILE)
+    graph_path = store.side_path(pipeline, GRAPH_AREA, ds, GRAPH_FILE)
     store.write_json(graph_path, link_data)
     edges_partition.write_and_commit(edge_table, meta=meta)
-    nodes_partition.write_and_commit(node_table, meta={**meta, "graph_file": GRAPH_FILE})
+    nodes_partition.write_and_commit(node_table, meta={**meta, "graph_file": store.url(graph_path)})
     return {
         "nodes": len(nodes),
         "edges": len(edges),
@@ -351,7 +352,13 @@ def load_graph(store: Store, pipeline: str, ds: str) -> nx.Graph:
 
 
 def latest_graph_before(store: Store, pipeline: str, ds: str) -> nx.Graph | None:
-    """The newest committed graph with a date before ``ds``, or None (the first night)."""
+    """The graph committed for the newest date strictly before ``ds``, or None (the first night).
+
+    What a night's graph grows from. Never a later date's graph, nor the date's own: re-running a
+    date, or backfilling dates out of order, cannot carry a later night's keywords and usage counts
+    into an earlier night. The graph read is the newest earlier one committed when this is called,
+    so dates run one at a time in order form one chain, night over night.
+    """
     for date in store.committed_dates(pipeline, NODES_STAGE, before=ds):
         try:
             return load_graph(store, pipeline, date)

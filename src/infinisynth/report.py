@@ -20,9 +20,12 @@ class TableSummary:
 
 def committed_tables(store: Store, ds: str) -> list[TableSummary]:
     """All partitions of ``ds`` that readers can see (those with a manifest), sorted."""
-    pattern = posixpath.join(store.root, "**", partition_key(ds), MANIFEST)
+    # Tables sit at {pipeline}/{stage}/ and {pipeline}/rejected/{stage}/: two shallow globs, never a
+    # walk of the whole root (the response cache alone holds a file per answer).
+    key = partition_key(ds)
+    patterns = [posixpath.join(store.root, "*", "*", key, MANIFEST), posixpath.join(store.root, "*", "rejected", "*", key, MANIFEST)]
     found = []
-    for manifest_path in sorted(store.fs.glob(pattern)):
+    for manifest_path in sorted(path for pattern in patterns for path in store.fs.glob(pattern)):
         directory = posixpath.dirname(manifest_path)
         relative = posixpath.relpath(posixpath.dirname(directory), store.root)
         pipeline, _, table = relative.partition("/")

@@ -1,10 +1,12 @@
 """Run a model-calling stage over one shard: bounded concurrency, progress, checkpoints, outcomes.
 
 Every input row ends in exactly one outcome: :class:`Passed` (one or more output rows) or
-:class:`Rejected` (a reason). Finished outcomes are saved to the shard's checkpoint as they
+:class:`Rejected` (a reason). Final outcomes are saved to the shard's checkpoint as they
 complete, keyed by the row's id *and* the stage's cache key (prompt version, model, settings), so a
 killed or retried task pays only for rows that had not finished, and a changed prompt or model
-never reuses an old answer.
+never reuses an old answer. Transient rejections (the model call did not complete:
+:attr:`Rejected.transient`) are never saved: a retried task does exactly those rows again. Rows
+still transient when the shard ends are its *pending* rows (:attr:`ShardRun.pending`).
 """
 
 from __future__ import annotations
@@ -34,14 +36,17 @@ _CHECKPOINT_SCHEMA = pa.schema([("key", pa.string()), ("outcome", pa.string())])
 
 
 class Checkpoint:
-    """Finished outcomes of one shard, appended in small Parquet chunks under the work dir."""
+    """Final outcomes of one shard, appended in small Parquet chunks under the work dir."""
 
     def __init__(self, store: Store, directory: str):
         self.store = store
         self.directory = directory
 
     def load(self) -> tuple[dict[str, Outcome], dict[str, dict[str, int]]]:
-        """Outcomes by key, and the token usage the earlier attempts spent on them."""
+        """Final outcomes by key, and the token usage the earlier attempts spent on them.
+
+        A transient rejection (saved by an older version) is not an outcome: its row is done again.
+        """
         outcomes: dict[str, Outcome] = {}
         usage = UsageMeter()
         try:
@@ -62,7 +67,9 @@ class Checkpoint:
             if b"usage" in meta:
                 usage.merge(json.loads(meta[b"usage"]))
             for key, text in zip(table.column("key").to_pylist(), table.column("outcome").to_pylist()):
-                outcomes[key] = _outcome_from_json(text)
+                outcome = _outcome_from_json(text)
+                if not (isinstance(outcome, Rejected) and outcome.transient):
+                    outcomes[key] = outcome
         return outcomes, usage.snapshot()
 
     def save(self, done: Sequence[tuple[str, Outcome]], usage: dict[str, dict[str, int]]) -> None:
@@ -94,6 +101,11 @@ class ShardRun:
     resumed: int = 0
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    @property
+    def pending(self) -> list[tuple[dict[str, Any], Rejected]]:
+        """Rows whose model call did not complete (transient rejections), in input order."""
+        return [(row, o) for row, o in self.outcomes if isinstance(o, Rejected) and o.transient]
+
 
 async def run_shard(
     stage: Stage,
@@ -107,7 +119,7 @@ async def run_shard(
     label: str = "",
     progress_seconds: float = 15.0,
 ) -> ShardRun:
-    """Process ``rows`` with at most ``concurrency`` in flight; checkpoint as they finish."""
+    """Process ``rows`` with at most ``concurrency`` in flight; checkpoint final outcomes as they finish."""
     label = label or stage.name
     keys = [f"{row['id']}:{stage.cache_key(row)}" for row in rows]
     saved, earlier_usage = checkpoint.load() if checkpoint else ({}, {})
@@ -116,27 +128,28 @@ async def run_shard(
     if results:
         log.info("%s: resuming, %d of %d rows already done in an earlier attempt", label, len(results), len(rows))
 
-    pending: list[tuple[str, Outcome]] = []
+    unsaved: list[tuple[str, Outcome]] = []  # final outcomes not yet in the checkpoint
     usage_at_flush = usage.snapshot()
     last_flush = last_report = time.monotonic()
     started = time.monotonic()
     finished = 0
 
     def flush(force: bool = False) -> None:
-        nonlocal pending, usage_at_flush, last_flush
-        if checkpoint is None or not pending:
+        nonlocal unsaved, usage_at_flush, last_flush
+        if checkpoint is None or not unsaved:
             return
-        if not force and len(pending) < flush_rows and time.monotonic() - last_flush < flush_seconds:
+        if not force and len(unsaved) < flush_rows and time.monotonic() - last_flush < flush_seconds:
             return
         now_usage = usage.snapshot()
-        checkpoint.save(pending, _usage_delta(now_usage, usage_at_flush))
-        pending, usage_at_flush, last_flush = [], now_usage, time.monotonic()
+        checkpoint.save(unsaved, _usage_delta(now_usage, usage_at_flush))
+        unsaved, usage_at_flush, last_flush = [], now_usage, time.monotonic()
 
     async def one(key: str, row: dict[str, Any]) -> None:
         nonlocal finished, last_report
         outcome = await _guarded(stage.process, row)
         results[key] = outcome
-        pending.append((key, outcome))
+        if not (isinstance(outcome, Rejected) and outcome.transient):  # a transient one is redone, not kept
+            unsaved.append((key, outcome))
         finished += 1
         flush()
         if time.monotonic() - last_report >= progress_seconds:
@@ -179,13 +192,17 @@ async def _guarded(process: Callable[[dict[str, Any]], Awaitable[Outcome]], row:
 
 
 def split_outcomes(stage: str, run: ShardRun) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(output rows, rejected rows) of a shard, in input order, outputs deduplicated by id."""
+    """(output rows, rejected rows) of a shard, in input order, outputs deduplicated by id.
+
+    Only final rejections are rejected rows; pending rows (:attr:`ShardRun.pending`) are in neither.
+    """
     outputs: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     seen: set[str] = set()
     for row, outcome in run.outcomes:
         if isinstance(outcome, Rejected):
-            rejects.append(rejected_row(stage, row, outcome))
+            if not outcome.transient:
+                rejects.append(rejected_row(stage, row, outcome))
             continue
         for out in outcome.rows:
             if out["id"] not in seen:
@@ -199,18 +216,22 @@ def rejected_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _report(label: str, done: int, total: int, outcomes: Any, finished: int, started: float, usage: UsageMeter) -> None:
-    rejected = sum(isinstance(o, Rejected) for o in outcomes)
+    rejections = [o for o in outcomes if isinstance(o, Rejected)]
+    pending = sum(o.transient for o in rejections)
     elapsed = max(time.monotonic() - started, 1e-9)
-    tokens = sum(u["total_tokens"] for u in usage.snapshot().values())
+    snapshot = usage.snapshot().values()
     log.info(
-        "%s: %d/%d rows (%.0f%%), %d rejected, %.1f rows/s, %d tokens so far",
+        "%s: %d/%d rows (%.0f%%), %d rejected, %d pending (call did not complete), %.1f rows/s, "
+        "%d tokens so far, %d answers from the response cache",
         label,
         done,
         total,
         100.0 * done / max(total, 1),
-        rejected,
+        len(rejections) - pending,
+        pending,
         finished / elapsed,
-        tokens,
+        sum(u["total_tokens"] for u in snapshot),
+        sum(u["cached_requests"] for u in snapshot),
     )
 
 

@@ -4,6 +4,12 @@ The mapped Airflow task for shard N calls :func:`run_stage_shard`; it writes the
 and rejected rows as data files that stay invisible until the reduce task calls
 :func:`commit_stage`, which publishes every shard at once with the stage's funnel in the manifest.
 What moves between the two through XCom is a :class:`ShardResult`: file names and counts.
+
+Rows whose model call did not complete (transient rejections: 429s, 5xx, timeouts, dropped
+connections, broken bodies, after the client's retries) are *pending*: neither published nor
+rejected, counted and named in the shard result and the manifest. A shard with more of them than
+its bound (``max_transient_share``) fails its task with :class:`TransientFailures` instead, so
+Airflow retries it (the retry redoes exactly those rows) and the run goes red if they stay lost.
 """
 
 from __future__ import annotations
@@ -17,16 +23,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from infinisynth.llm import LLMClient, RoleConfig, UsageMeter
+from infinisynth.llm import LLMClient, ResponseCache, RoleConfig, UsageMeter
 from infinisynth.llm.usage import format_table
 from infinisynth.records import REJECTED_SCHEMA
 from infinisynth.runner import Checkpoint, ShardRun, run_shard, split_outcomes
-from infinisynth.stages.base import BatchStage, Stage
+from infinisynth.stages.base import BatchStage, Passed, Stage
 from infinisynth.storage import DataFile, Store
 
 log = logging.getLogger(__name__)
 
 StageFactory = Callable[[LLMClient], Stage]
+
+MAX_PENDING_IDS = 200  # pending row ids a shard result names (the count is always exact)
 
 
 @dataclass
@@ -39,13 +47,23 @@ class ShardResult:
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
     resumed: int = 0
     stats: dict[str, Any] = field(default_factory=dict)  # a batch step's own counts (e.g. per language)
+    passed: int | None = None  # inputs that passed (None: not counted, e.g. a global step's extra shards)
+    pending: int = 0  # inputs whose model call did not complete: neither published nor rejected
+    pending_by_reason: dict[str, int] = field(default_factory=dict)
+    pending_ids: list[str] = field(default_factory=list)  # the first MAX_PENDING_IDS of them
+    pending_errors: dict[str, str] = field(default_factory=dict)  # the last error's detail per reason
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class AccountingError(RuntimeError):
-    """Rows went missing between a stage's input and its output plus rejected tables."""
+    """Rows went missing between a stage's input and its output, rejected and pending rows."""
+
+
+class TransientFailures(RuntimeError):
+    """Too many rows of a shard lost their model call to transient failures: the task fails, so
+    Airflow retries it (only those rows are redone), and the run fails if they stay lost."""
 
 
 def run_stage_shard(
@@ -57,13 +75,21 @@ def run_stage_shard(
     rows: Sequence[dict[str, Any]],
     role: RoleConfig,
     make_stage: StageFactory,
+    *,
+    cache: ResponseCache | None = None,
+    max_transient_share: float | None = None,
 ) -> ShardResult:
-    """Run ``make_stage(client)`` over ``rows``; write (uncommitted) output and rejected files."""
+    """Run ``make_stage(client)`` over ``rows``; write (uncommitted) output and rejected files.
+
+    ``cache``: the response cache the client reads and fills (None: every call goes to the model).
+    ``max_transient_share``: the share of rows that may stay pending; above it, this raises
+    :class:`TransientFailures` before writing anything (None: no bound, the caller decides).
+    """
     usage = UsageMeter()
     checkpoint = Checkpoint(store, store.work_dir(pipeline, stage_name, ds, shard))
 
     async def go() -> tuple[Stage, ShardRun]:
-        async with LLMClient(role, usage) as client:
+        async with LLMClient(role, usage, cache) as client:
             stage = make_stage(client)
             run = await run_shard(
                 stage,
@@ -76,38 +102,68 @@ def run_stage_shard(
             return stage, run
 
     stage, run = asyncio.run(go())
-    result = _write_outcomes(store, pipeline, stage_name, ds, shard, run, stage.schema)
     log.info("%s.%s shard %d model usage this attempt:\n%s", pipeline, stage_name, shard, usage.table())
-    return result
+    return _write_outcomes(store, pipeline, stage_name, ds, shard, run, stage.schema, max_transient_share)
 
 
-def _write_outcomes(store: Store, pipeline: str, stage_name: str, ds: str, shard: int, run: ShardRun, schema: pa.Schema) -> ShardResult:
-    """A shard's output and rejected rows as data files nobody sees until the stage commits."""
+def _write_outcomes(
+    store: Store,
+    pipeline: str,
+    stage_name: str,
+    ds: str,
+    shard: int,
+    run: ShardRun,
+    schema: pa.Schema,
+    max_transient_share: float | None = None,
+) -> ShardResult:
+    """A shard's output and rejected rows as data files nobody sees until the stage commits; its
+    pending rows counted and named (or :class:`TransientFailures` when there are too many)."""
+    pending = run.pending
+    pending_by_reason = dict(Counter(o.reason for _, o in pending).most_common())
+    pending_errors = {o.reason: o.detail for _, o in pending}  # the last one per reason
+    label = f"{pipeline}.{stage_name} shard {shard}"
+    rows_in = len(run.outcomes)
+    if pending and max_transient_share is not None and len(pending) > max_transient_share * rows_in:
+        raise TransientFailures(
+            f"{label}: {len(pending)} of {rows_in} rows ({len(pending) / rows_in:.0%}) got no answer "
+            f"({_counts(pending_by_reason)}), more than max_transient_share={max_transient_share:g} allows; "
+            f"last errors: {'; '.join(f'{reason}: {detail}' for reason, detail in pending_errors.items())}. "
+            f"Nothing of them was saved: a retry of this task redoes exactly these rows "
+            f"(e.g. {', '.join(str(row['id']) for row, _ in pending[:5])})."
+        )
     outputs, rejects = split_outcomes(stage_name, run)
     output_file = store.partition(pipeline, stage_name, ds).write_table(shard, pa.Table.from_pylist(outputs, schema=schema), schema)
     rejected_file = store.rejected(pipeline, stage_name, ds).write_table(
         shard, pa.Table.from_pylist(rejects, schema=REJECTED_SCHEMA), REJECTED_SCHEMA
     )
     by_reason = dict(Counter(r["reason"] for r in rejects))
-    log.info(
-        "%s.%s shard %d: %d in, %d out, %d rejected %s",
-        pipeline,
-        stage_name,
-        shard,
-        len(run.outcomes),
-        len(outputs),
-        len(rejects),
-        by_reason or "",
-    )
+    log.info("%s: %d in, %d out, %d rejected %s", label, rows_in, len(outputs), len(rejects), by_reason or "")
+    if pending:
+        log.warning(
+            "%s: %d rows got no answer (%s), pending: neither published nor rejected. Last errors: %s",
+            label,
+            len(pending),
+            _counts(pending_by_reason),
+            pending_errors,
+        )
     return ShardResult(
         shard=shard,
-        rows_in=len(run.outcomes),
+        rows_in=rows_in,
         output=output_file.to_dict(),
         rejected=rejected_file.to_dict(),
         rejected_by_reason=by_reason,
         usage=run.usage,
         resumed=run.resumed,
+        passed=sum(isinstance(o, Passed) for _, o in run.outcomes),
+        pending=len(pending),
+        pending_by_reason=pending_by_reason,
+        pending_ids=[str(row["id"]) for row, _ in pending[:MAX_PENDING_IDS]],
+        pending_errors=pending_errors,
     )
+
+
+def _counts(by_reason: dict[str, int]) -> str:
+    return ", ".join(f"{reason}={n}" for reason, n in by_reason.items())
 
 
 def run_batch_shard(store: Store, pipeline: str, ds: str, shard: int, rows: Sequence[dict[str, Any]], stage: BatchStage) -> ShardResult:
@@ -133,29 +189,44 @@ def commit_stage(
 ) -> dict[str, Any]:
     """Publish all shards of a stage at once; return (and record) the stage's funnel entry.
 
-    Checks the invariant before publishing: every input row is either behind an output row or in
-    the rejected table.
+    Checks the invariant before publishing: every input row is behind an output row, in the
+    rejected table, or pending (its model call did not complete; named in the manifest's
+    ``pending_rows``): in = passed + rejected + pending.
     """
     results = [ShardResult(**r) for r in shard_results]
     if not results:  # nothing was mapped (an empty upstream): publish an empty table, not nothing
         empty = store.partition(pipeline, stage_name, ds).write_table(0, schema.empty_table(), schema)
         no_rejects = store.rejected(pipeline, stage_name, ds).write_table(0, REJECTED_SCHEMA.empty_table(), REJECTED_SCHEMA)
-        results = [ShardResult(shard=0, rows_in=0, output=empty.to_dict(), rejected=no_rejects.to_dict())]
+        results = [ShardResult(shard=0, rows_in=0, output=empty.to_dict(), rejected=no_rejects.to_dict(), passed=0)]
+    where = f"{pipeline}.{stage_name} {ds}"
     rows_in = sum(r.rows_in for r in results)
     rejected = sum(r.rejected["rows"] for r in results if r.rejected)
+    pending = sum(r.pending for r in results)
     out = sum(r.output["rows"] for r in results)
     by_reason: Counter[str] = Counter()
+    pending_by_reason: Counter[str] = Counter()
     usage = UsageMeter()
     for r in results:
         by_reason.update(r.rejected_by_reason)
+        pending_by_reason.update(r.pending_by_reason)
         usage.merge(r.usage)
     if sum(by_reason.values()) != rejected:
-        raise AccountingError(f"{pipeline}.{stage_name} {ds}: rejected rows and their reasons disagree")
-    if rejected > rows_in:
-        raise AccountingError(f"{pipeline}.{stage_name} {ds}: {rejected} rejected of {rows_in} input rows")
-    passed = rows_in - rejected if inputs_passed is None else inputs_passed  # a selection passes only some
-    if passed + rejected > rows_in:
-        raise AccountingError(f"{pipeline}.{stage_name} {ds}: {passed} passed and {rejected} rejected of {rows_in} input rows")
+        raise AccountingError(f"{where}: rejected rows and their reasons disagree")
+    if sum(pending_by_reason.values()) != pending:
+        raise AccountingError(f"{where}: pending rows and their reasons disagree")
+    if rejected + pending > rows_in:
+        raise AccountingError(f"{where}: {rejected} rejected and {pending} pending of {rows_in} input rows")
+    counted = [r.passed for r in results if r.rows_in]
+    if inputs_passed is not None:  # a selection passes only some
+        passed = inputs_passed
+    elif counted and all(n is not None for n in counted):
+        passed = sum(n or 0 for n in counted)
+        if passed + rejected + pending != rows_in:
+            raise AccountingError(f"{where}: {passed} passed + {rejected} rejected + {pending} pending != {rows_in} input rows")
+    else:
+        passed = rows_in - rejected - pending
+    if passed + rejected + pending > rows_in:
+        raise AccountingError(f"{where}: {passed} passed, {rejected} rejected and {pending} pending of {rows_in} input rows")
     funnel = {
         "stage": stage_name,
         "rows_in": rows_in,
@@ -163,10 +234,17 @@ def commit_stage(
         "rows_out": out,
         "rejected": rejected,
         "rejected_by_reason": dict(by_reason.most_common()),
+        "pending": pending,
+        "pending_by_reason": dict(pending_by_reason.most_common()),
         "resumed_rows": sum(r.resumed for r in results),
         "usage": usage.snapshot(),
     }
     manifest_meta = {"pipeline": pipeline, "stage": stage_name, "ds": ds, "funnel": funnel, **(meta or {})}
+    if pending:
+        manifest_meta["pending_rows"] = {
+            "ids": [i for r in results for i in r.pending_ids],  # at most MAX_PENDING_IDS per shard
+            "last_error": {reason: detail for r in results for reason, detail in r.pending_errors.items()},
+        }
     store.rejected(pipeline, stage_name, ds).commit(
         [DataFile.from_dict(r.rejected) for r in results if r.rejected], REJECTED_SCHEMA, manifest_meta
     )
@@ -175,17 +253,37 @@ def commit_stage(
     work = store.work_dir(pipeline, stage_name, ds, 0).rsplit("/", 1)[0]
     if store.fs.exists(work):
         store.fs.rm(work, recursive=True)
-    log.info("%s.%s %s published\n%s", pipeline, stage_name, ds, funnel_table([funnel]))
+    log.info("%s published\n%s", where, funnel_table([funnel]))
+    if rows_in and rejected == rows_in:
+        log.warning("%s: every one of its %d input rows was rejected (%s)", where, rows_in, _counts(funnel["rejected_by_reason"]))
+    if pending:
+        log.warning(
+            "%s: %d of %d input rows got no answer (%s): neither published nor rejected; a re-run of the date redoes them",
+            where,
+            pending,
+            rows_in,
+            _counts(funnel["pending_by_reason"]),
+        )
     return funnel
 
 
 def funnel_table(funnel: Sequence[dict[str, Any]]) -> str:
-    """Stages as rows: in, passed, out, rejected (top reasons), tokens."""
-    rows: list[tuple[Any, ...]] = [("stage", "in", "passed", "out", "rejected", "tokens", "top reject reasons")]
+    """Stages as rows: in, passed, out, rejected, pending, tokens, top reasons (pending ones marked)."""
+    rows: list[tuple[Any, ...]] = [("stage", "in", "passed", "out", "rejected", "pending", "tokens", "top reject reasons")]
     for entry in funnel:
         tokens = sum(u.get("total_tokens", 0) for u in entry.get("usage", {}).values())
-        reasons = ", ".join(f"{k}={v}" for k, v in list(entry.get("rejected_by_reason", {}).items())[:3])
+        reasons = [f"{k}={v}" for k, v in list(entry.get("rejected_by_reason", {}).items())[:3]]
+        reasons += [f"{k}={v} (pending)" for k, v in list(entry.get("pending_by_reason", {}).items())[:2]]
         rows.append(
-            (entry["stage"], entry["rows_in"], entry["inputs_passed"], entry["rows_out"], entry["rejected"], tokens, reasons or "-")
+            (
+                entry["stage"],
+                entry["rows_in"],
+                entry["inputs_passed"],
+                entry["rows_out"],
+                entry["rejected"],
+                entry.get("pending", 0),
+                tokens,
+                ", ".join(reasons) or "-",
+            )
         )
     return format_table(rows)

@@ -140,6 +140,21 @@ class PipelineSettings(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     storage_root: str | None = Field(None, description="Object-storage URL; empty = INFINISYNTH_ROOT or data/ in the project")
+    max_transient_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="A model step's shard fails (and is retried) when more of its rows than this share got no answer "
+        "(429, 5xx, timeouts, dropped connections, broken bodies after the client's retries); below it they are reported as pending",
+    )
+    response_cache: bool = Field(
+        True,
+        description="Reuse final, valid model answers across runs and dates (keyed by the whole request, under {root}/_cache/llm); "
+        "an answer sampled at temperature > 0 is reused as drawn",
+    )
+    response_cache_max_gb: float = Field(
+        20.0, gt=0, description="Size bound of the response cache; the oldest answers are deleted first (checked once a day)"
+    )
 
     def role_overrides(self, role: str) -> dict[str, Any]:
         """Run settings that override a role's connection: ``<role>_model``, ``<role>_temperature``,

@@ -20,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel
 
-from infinisynth.llm import RoleConfig
+from infinisynth.llm import ResponseCache, RoleConfig
+from infinisynth.llm.cache import prune_if_due
 from infinisynth.records import REJECTED_SCHEMA
 from infinisynth.settings import ConnectionLookup, env_connection, role_config
 from infinisynth.shards import ShardResult, commit_stage, run_batch_shard, run_stage_shard
@@ -100,28 +101,51 @@ def enabled(ctx: RunContext, step: Step) -> bool:
     return step.runs(ctx.settings)
 
 
+def response_cache(ctx: RunContext) -> ResponseCache | None:
+    """The run's response cache (``{root}/_cache/llm``), unless the ``response_cache`` setting is off."""
+    return ResponseCache(ctx.store) if ctx.settings.response_cache else None
+
+
 # -- mapped steps -------------------------------------------------------------------------------
 
 
 def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> dict[str, Any]:
     """One shard of a model or batch step and the steps fused after it (the body of every mapped
-    task): ``{step: ShardResult}``. A fused step reads the shard its predecessor just wrote."""
+    task): ``{step: ShardResult}``. A fused step reads the shard its predecessor just wrote.
+
+    Model calls go through the run's response cache. A model step whose share of pending rows
+    (calls that did not complete) exceeds ``max_transient_share`` raises
+    :class:`~infinisynth.shards.TransientFailures`: the task fails and Airflow retries it."""
     ref = ShardRef(**shard)
     rows = ctx.partition(ref.stage).read_file(ref.file).to_pylist()
     results: dict[str, Any] = {}
     chain = ctx.spec.chain(step_name)
-    for position, step in enumerate(chain):
-        cls = stage_class(step)
-        if step.kind == "batch":
-            result = run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, ref.shard, rows, cls.from_context(ctx))
-        else:
-            todo = cls.prepare_rows(rows) if enabled(ctx, step) else []  # switched off: the shard maps to nothing
-            result = run_stage_shard(
-                ctx.store, ctx.spec.name, step.name, ctx.ds, ref.shard, todo, ctx.role(role_of(step, cls)), model_stage(ctx, step)
-            )
-        results[step.name] = result.to_dict()
-        if position + 1 < len(chain):  # the next fused step reads this shard's own, not yet committed, data file
-            rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
+    cache = response_cache(ctx)
+    try:
+        for position, step in enumerate(chain):
+            cls = stage_class(step)
+            if step.kind == "batch":
+                result = run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, ref.shard, rows, cls.from_context(ctx))
+            else:
+                todo = cls.prepare_rows(rows) if enabled(ctx, step) else []  # switched off: the shard maps to nothing
+                result = run_stage_shard(
+                    ctx.store,
+                    ctx.spec.name,
+                    step.name,
+                    ctx.ds,
+                    ref.shard,
+                    todo,
+                    ctx.role(role_of(step, cls)),
+                    model_stage(ctx, step),
+                    cache=cache,
+                    max_transient_share=ctx.settings.max_transient_share,
+                )
+            results[step.name] = result.to_dict()
+            if position + 1 < len(chain):  # the next fused step reads this shard's own, not yet committed, data file
+                rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
+    finally:
+        if cache is not None:
+            cache.close()
     return results
 
 
@@ -140,6 +164,8 @@ def commit_step(ctx: RunContext, step_name: str, results: Sequence[dict[str, Any
             role = ctx.role(role_of(step, cls))
             meta = {"prompt_versions": cls.prompt_versions(), "roles": {role.role: role.public_dict()}}
         commit_stage(ctx.store, ctx.spec.name, step.name, ctx.ds, cls.schema, shard_results, meta={**ctx.commit_meta, **meta})
+    if ctx.settings.response_cache and any(step.kind == "model" for step in chain):
+        prune_if_due(ctx.store, ctx.settings.response_cache_max_gb)  # at most once a day, whoever commits
     return handout(ctx, chain[-1].name)
 
 

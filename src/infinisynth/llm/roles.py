@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 # generator writes problems and responses; judge scores; tagger tags; oracle checks and diagnoses;
 # base scores losses through a completions endpoint; target is the model under diagnosis.
 ROLES = ("generator", "judge", "tagger", "oracle", "base", "target")
+# Roles whose answers the response cache never serves: the target is the model under diagnosis,
+# and a newly registered model may sit behind the same URL and model id as the last one.
+UNCACHED_ROLES = frozenset({"target"})
 
 StructuredMode = Literal["json_schema", "json_object", "prompt"]
 

@@ -44,15 +44,20 @@ def response_format(mode: StructuredMode, model: type[BaseModel]) -> dict[str, A
 
 def with_schema_instruction(messages: list[dict[str, str]], model: type[BaseModel]) -> list[dict[str, str]]:
     """Append the schema to the last user turn, for endpoints that cannot enforce it themselves."""
-    # Titles are class names ("ReverseProblem"): small models copy them into their answers.
-    schema = json.dumps(_without_titles(json_schema_of(model)), separators=(",", ":"))
-    note = f"\n\nReply with only a JSON object that matches this JSON schema, and nothing else:\n{schema}"
+    note = _schema_note(model)
     out = [dict(m) for m in messages]
     for message in reversed(out):
         if message["role"] == "user":
             message["content"] = message["content"] + note
             break
     return out
+
+
+@lru_cache(maxsize=128)
+def _schema_note(model: type[BaseModel]) -> str:
+    # Titles are class names ("ReverseProblem"): small models copy them into their answers.
+    schema = json.dumps(_without_titles(json_schema_of(model)), separators=(",", ":"))
+    return f"\n\nReply with only a JSON object that matches this JSON schema, and nothing else:\n{schema}"
 
 
 def _without_titles(schema: Any) -> Any:

@@ -1,4 +1,8 @@
-"""Token and request accounting per (role, stage), for task logs and partition manifests."""
+"""Token and request accounting per (role, stage), for task logs and partition manifests.
+
+``requests`` are the calls sent to a model (what a run pays for); ``cached_requests`` the answers
+the response cache gave instead (:mod:`infinisynth.llm.cache`), which cost no tokens.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ class Usage:
     failed_requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_requests: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -24,6 +29,7 @@ class Usage:
         self.failed_requests += other.failed_requests
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.cached_requests += other.cached_requests
 
 
 class UsageMeter:
@@ -41,6 +47,11 @@ class UsageMeter:
             usage.prompt_tokens += prompt_tokens
             usage.completion_tokens += completion_tokens
 
+    def record_cached(self, role: str, stage: str) -> None:
+        """One answer served by the response cache: no request, no tokens."""
+        with self._lock:
+            self._usage[f"{role}/{stage}"].cached_requests += 1
+
     def merge(self, snapshot: dict[str, dict[str, int]]) -> None:
         """Add a snapshot (from a checkpoint or another task) into this meter."""
         with self._lock:
@@ -53,9 +64,10 @@ class UsageMeter:
 
     def table(self) -> str:
         """A fixed-width table for task logs."""
-        rows = [("role/stage", "requests", "failed", "prompt tok", "completion tok")]
+        rows: list[tuple[str, ...]] = [("role/stage", "requests", "failed", "cached", "prompt tok", "completion tok")]
         for key, u in self.snapshot().items():
-            rows.append((key, str(u["requests"]), str(u["failed_requests"]), str(u["prompt_tokens"]), str(u["completion_tokens"])))
+            counts = (u["requests"], u["failed_requests"], u["cached_requests"], u["prompt_tokens"], u["completion_tokens"])
+            rows.append((key, *map(str, counts)))
         return format_table(rows)
 
 

@@ -15,10 +15,10 @@ from dataclasses import asdict
 from statistics import fmean
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from infinisynth import knowledge_graph as kg
 from infinisynth import seeds
+from infinisynth.errors import InputError
 from infinisynth.holdout import split_holdout, write_holdout
 from infinisynth.records import canonical_json, content_id
 from infinisynth.shards import funnel_table
@@ -46,30 +46,58 @@ __all__ = ["PIPELINE", "SPEC", "CodeInstructSettings", "PlanBackfeed", "PrepareS
 
 
 class PrepareSeeds(GlobalStep):
-    """The night's seeds: mined from source trees, or read from a Magicoder-OSS-Instruct-shaped file."""
+    """The night's seeds: the date's own window of the seed corpus, mined from source trees or
+    taken from a Magicoder-OSS-Instruct-shaped file (see :mod:`infinisynth.seeds`), so no two
+    nights share seeds until the corpus is used up. Rows that must not reach a prompt (larger
+    than ``max_seed_bytes``, control characters) go to ``rejected/seeds`` with their reasons."""
 
     name = SEED_STAGE
     schema = seeds.SEED_SCHEMA
 
     def run(self) -> StepOutput:
-        settings: CodeInstructSettings = self.ctx.settings
+        ctx: RunContext = self.ctx
+        settings: CodeInstructSettings = ctx.settings
         stats = seeds.SeedStats()
+        window = seeds.date_window(ctx.ds)
+        languages = settings.seed_languages or None
         if settings.seed_source == "mine":
             roots = settings.seed_roots or [str(p) for p in seeds.default_seed_roots()]
             table = seeds.mine_snippets(
-                roots, max_snippets=settings.max_seeds, languages=settings.seed_languages or None, seed=settings.mining_seed, stats=stats
+                roots,
+                max_snippets=settings.max_seeds,
+                max_snippet_bytes=min(seeds.MINED_SNIPPET_BYTES, settings.max_seed_bytes),
+                languages=languages,
+                seed=settings.mining_seed,
+                window=window,
+                stats=stats,
             )
             source = f"mined from {', '.join(roots)}"
         else:
-            table = seeds.load_magicoder(settings.seed_source, max_rows=settings.max_seeds, stats=stats)
-            if settings.seed_languages:
-                table = table.filter(pc.is_in(table["lang"], value_set=pa.array(settings.seed_languages)))
+            table = seeds.sample_magicoder(
+                settings.seed_source, size=settings.max_seeds, window=window, seed=settings.mining_seed, languages=languages, stats=stats
+            )
             source = settings.seed_source
-        if table.num_rows == 0:
-            raise ValueError(f"no seeds from {source} (languages: {settings.seed_languages or 'all'})")
-        languages = dict(sorted(Counter(table.column("lang").to_pylist()).items()))
-        log.info("%d seeds from %s; languages %s; %s", table.num_rows, source, languages, stats)
-        return StepOutput(table, table.num_rows, meta={"source": source, "languages": languages, "stats": stats.__dict__})
+        kept, rejected = seeds.screen_seeds(table, max_bytes=settings.max_seed_bytes, stage=SEED_STAGE)
+        reasons = dict(Counter(row["reason"] for row in rejected).most_common())
+        if kept.num_rows == 0:
+            raise InputError(
+                f"no usable seeds for {ctx.ds} from {source} (languages: {', '.join(settings.seed_languages) or 'all'}; "
+                f"{table.num_rows} found, rejected: {reasons or 'none'})"
+            )
+        by_language = dict(sorted(Counter(kept.column("lang").to_pylist()).items()))
+        log.info(
+            "%d seeds for %s (window %d) from %s; languages %s; %d rejected %s; %s",
+            kept.num_rows,
+            ctx.ds,
+            window,
+            source,
+            by_language,
+            len(rejected),
+            reasons,
+            stats,
+        )
+        meta = {"source": source, "window": window, "languages": by_language, "stats": asdict(stats)}
+        return StepOutput(kept, table.num_rows, rejected=rejected, meta=meta)
 
 
 class SeedProblemQuality(QualityAssessment):
@@ -102,7 +130,16 @@ def seed_problems(seed_rows: list[Row]) -> list[Row]:
 
 
 class PlanBackfeed(GlobalStep):
-    """Build the night's knowledge graph from every keyword row, save it, sample keyword combinations."""
+    """Build the night's knowledge graph from every keyword row, save it, sample keyword combinations.
+
+    The graph grows from the newest graph committed for a date strictly before the night's
+    (:func:`~infinisynth.knowledge_graph.latest_graph_before`), never from a later one, so a re-run
+    of a date or a backfill that runs dates out of order cannot bring a later night's keywords (or
+    its usage counts) into an earlier night. Which earlier graph that is depends on what was
+    committed when the date ran; the manifest's ``grown_from`` records it. Dates run one at a time
+    in order form one chain; Airflow 3's backfill runs up to 10 dates at once whatever the DAG's
+    ``max_active_runs``, so backfill with ``--max-active-runs 1`` for that.
+    """
 
     name = COMBINATION_STAGE
     schema = COMBINATION_SCHEMA
@@ -113,6 +150,7 @@ class PlanBackfeed(GlobalStep):
         store, ds = ctx.store, ctx.ds
         keyword_rows = ctx.partition(KEYWORD_STAGE).read()
         previous = kg.latest_graph_before(store, PIPELINE, ds) if settings.reuse_graph else None
+        grown_from = previous.graph.get("ds") if previous is not None else None
         graph, stats = kg.build_graph(keyword_rows, ds=ds, previous=previous)
         wanted = round(settings.backfeed_ratio * ctx.partition(REVERSE_STAGE).manifest().rows)
         combinations = kg.sample_combinations(graph, wanted, seed=settings.sampling_seed) if wanted else []
@@ -134,15 +172,17 @@ class PlanBackfeed(GlobalStep):
         ]
         summary = kg.graph_summary(graph)
         log.info(
-            "knowledge graph: %s nodes, %s edges (grown from %s); %d of %d wanted combinations",
+            "knowledge graph of %s: %s nodes, %s edges (grown from %s); %d of %d wanted combinations",
+            ds,
             summary.get("nodes"),
             summary.get("edges"),
-            "an earlier night" if previous is not None else "nothing",
+            f"the graph of {grown_from}" if grown_from else "nothing",
             len(rows),
             wanted,
         )
         table = pa.Table.from_pylist(rows, schema=COMBINATION_SCHEMA)
-        return StepOutput(table, keyword_rows.num_rows, meta={"graph": summary, "graph_build": asdict(stats), "wanted": wanted})
+        meta = {"graph": summary, "graph_build": asdict(stats), "grown_from": grown_from, "wanted": wanted}
+        return StepOutput(table, keyword_rows.num_rows, meta=meta)
 
 
 def _language_weights(ctx: RunContext) -> dict[str, float]:

@@ -46,6 +46,7 @@ RESPOND_STAGE = "respond"
 EVOLVED_DIFFICULTY_STAGE = "difficulty_evolved"
 MULTITURN_STAGE = "multiturn"
 DATASET_STAGE = "dataset"
+REPORT_AREA = "reports"
 REPORT_FILE = "report.json"
 POOL_PLOT_FILE = "pool_tag_degrees.png"
 DATASET_PLOT_FILE = "dataset_tag_degrees.png"
@@ -294,11 +295,11 @@ class Publish(GlobalStep):
 
         run_report, plots = build_report(store, ds, dataset, scores)
         funnel = night_funnel(ctx)
-        partition = ctx.partition(DATASET_STAGE)
-        # The report files go in first: whoever finds the manifest finds the report too.
-        store.write_json(f"{partition.path}/{REPORT_FILE}", run_report)
+        # The report files go in first: whoever finds the dataset's manifest finds its report too.
+        report_path = report_file(store, ds, REPORT_FILE)
+        store.write_json(report_path, run_report)
         for name, png in plots.items():
-            _write_bytes(store, f"{partition.path}/{name}", png)
+            store.write_bytes(report_file(store, ds, name), png)
         log.info("subject_instruct %s funnel\n%s", ds, funnel_table(funnel))
         from infinisynth.subject.selection import format_report
 
@@ -306,7 +307,7 @@ class Publish(GlobalStep):
         log.info(
             "subject_instruct %s coverage and depth report (%s)\nseed selection: %s\n\n%s",
             ds,
-            f"{partition.url}/{REPORT_FILE}",
+            store.url(report_path),
             selection,
             subject_report.report_tables(run_report),
         )
@@ -314,7 +315,7 @@ class Publish(GlobalStep):
             "funnel": funnel,
             "sft": SFT_DEFAULTS,
             "difficulty": run_report["difficulty"],
-            "report": REPORT_FILE,
+            "report": store.url(report_path),
             "plots": sorted(plots),
             "origins": dict(Counter(dataset.column("origin").to_pylist())),
         }
@@ -367,5 +368,7 @@ def build_report(store: Store, ds: str, dataset: pa.Table, scores: dict[str, tup
     return report, plots
 
 
-def _write_bytes(store: Store, path: str, data: bytes) -> None:
-    store._atomic_write(path, data)  # noqa: SLF001 - the store's own atomic write, for a non-JSON file
+def report_file(store: Store, ds: str, name: str) -> str:
+    """Where a night's report files live: ``subject_instruct/reports/ds=.../``, beside the dataset
+    table rather than in it, so directory readers of the dataset see only its Parquet files."""
+    return store.side_path(PIPELINE, REPORT_AREA, ds, name)

@@ -27,9 +27,12 @@ class CodeInstructSettings(QualityGate, LintGate, PipelineSettings):
     seed_languages: list[str] = Field(
         default_factory=list, description="Languages to keep (python, javascript, java, cpp, sql, ...); empty = all"
     )
-    max_seeds: int = Field(200, gt=0, description="Seed snippets per night")
+    max_seeds: int = Field(200, gt=0, description="Seed snippets per night: the night's own window of the seed corpus")
+    max_seed_bytes: int = Field(
+        8_000, gt=0, description="Largest seed snippet (or seed problem) in UTF-8 bytes; larger rows are rejected (mined: cut at 2,000)"
+    )
     shard_size: int = Field(50, gt=0, description="Rows per mapped task")
-    mining_seed: int = Field(0, description="Random seed for snippet mining")
+    mining_seed: int = Field(0, description="Random seed of the seed corpus's order (which seeds each night gets) and of snippet mining")
     problems_per_seed: int = Field(1, ge=1, le=10, description="Reverse problems per seed snippet")
     backfeed_ratio: float = Field(0.67, ge=0, description="Backfeed problems per reverse problem (paper: 20K / 30K)")
     backfeed_languages: list[str] = Field(default_factory=list, description="Target languages of backfeed problems; empty = the seeds' mix")

@@ -1,9 +1,13 @@
 """The stage contract: what every step of every pipeline is, and what it owes the accounting.
 
 Three kinds of step, one accounting. Each input row ends in exactly one :data:`Outcome`, either
-:class:`Passed` (one or more output rows) or :class:`Rejected` (a reason), and every kind ends in
-the same commit (:func:`infinisynth.shards.commit_stage`), which checks that in = passed + rejected
-and records the funnel:
+:class:`Passed` (one or more output rows) or :class:`Rejected` (a reason). A rejection is *final*
+(the answer was judged: invalid, too low a score, a lint error, ...) or *transient* (a model call
+did not complete: 429, 5xx, timeout, dropped connection, broken body; see
+:mod:`infinisynth.llm.reasons`). A transient outcome is nobody's verdict: it is never checkpointed
+nor written to the rejected table, and the row counts as *pending* until a retry or a re-run does
+it. Every kind ends in the same commit (:func:`infinisynth.shards.commit_stage`), which checks that
+in = passed + rejected + pending and records the funnel:
 
 - a **row step** (:class:`Stage`, most often a :class:`ModelStage`) takes one row at a time; the
   runner gives it concurrency, checkpoints and progress;
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from infinisynth.llm.reasons import is_transient
 from infinisynth.prompts import PromptTemplate, load_prompt
 from infinisynth.records import content_id
 
@@ -46,10 +51,19 @@ class Passed:
 
 @dataclass(frozen=True)
 class Rejected:
+    """A row that produced no output, and why. Its reason decides its kind: a transient reason
+    (:data:`infinisynth.llm.reasons.TRANSIENT_REASONS`, e.g. ``server_error``) means the row is
+    still to be done; any other is a final verdict for the rejected table."""
+
     reason: str
     detail: str
     raw_answer: str | None = None
     evidence: dict[str, Any] | None = None  # facts behind the verdict (scores, lint findings)
+
+    @property
+    def transient(self) -> bool:
+        """The call did not complete: redo the row on a retry or re-run; never record it."""
+        return is_transient(self.reason)
 
 
 Outcome = Passed | Rejected
@@ -242,7 +256,8 @@ def with_provenance(row: Row, stage: str, prompt_version: str, model: str) -> st
 
 
 def rejected_row(stage: str, row: Row, outcome: Rejected) -> Row:
-    """The rejected table's row for an input: the input itself is kept, so nothing is lost."""
+    """The rejected table's row for an input (a final rejection): the input itself is kept, so
+    nothing is lost."""
     from infinisynth.records import canonical_json
 
     return {
