@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from infinisynth.llm.cache import ResponseCache
-    from infinisynth.llm.client import LLMClient, LLMRejection
+    from infinisynth.llm.client import LLMClient, LLMRejection, first_failure
     from infinisynth.llm.roles import ROLES, RoleConfig, StructuredMode
     from infinisynth.llm.usage import UsageMeter
 
 _HOMES = {
     "LLMClient": "infinisynth.llm.client",
     "LLMRejection": "infinisynth.llm.client",
+    "first_failure": "infinisynth.llm.client",
     "ResponseCache": "infinisynth.llm.cache",
     "ROLES": "infinisynth.llm.roles",
     "RoleConfig": "infinisynth.llm.roles",
@@ -25,7 +26,7 @@ _HOMES = {
     "UsageMeter": "infinisynth.llm.usage",
 }
 
-__all__ = ["LLMClient", "LLMRejection", "ROLES", "ResponseCache", "RoleConfig", "StructuredMode", "UsageMeter"]
+__all__ = ["LLMClient", "LLMRejection", "ROLES", "ResponseCache", "RoleConfig", "StructuredMode", "UsageMeter", "first_failure"]
 
 
 def __getattr__(name: str) -> Any:

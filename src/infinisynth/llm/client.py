@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -79,6 +79,13 @@ class LLMRejection(Exception):
     @property
     def transient(self) -> bool:
         return is_transient(self.reason)
+
+
+def first_failure(samples: Sequence[object]) -> LLMRejection:
+    """What decides a row whose samples did not all come back: a transient failure if there is one
+    (the row is then redone, not judged on fewer samples), else the first failure."""
+    failures = [s for s in samples if isinstance(s, LLMRejection)]
+    return next((f for f in failures if f.transient), failures[0])
 
 
 class _BrokenBody(Exception):

@@ -16,7 +16,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from infinisynth.languages import display_name
-from infinisynth.llm import LLMRejection
+from infinisynth.llm import first_failure
 from infinisynth.records import schema_with
 from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings
 from infinisynth.stages.problems import PROBLEM_FIELDS
@@ -80,7 +80,7 @@ class QualityAssessment(ModelStage):
         samples = await self.client.structured_samples(self.format_input(row), Assessment, stage=self.name, n=self.settings.samples)
         valid = [s for s in samples if isinstance(s, Assessment)]
         if len(valid) < min(self.settings.min_valid_samples, self.settings.samples):
-            failure = next(s for s in samples if isinstance(s, LLMRejection))
+            failure = first_failure(samples)
             return Rejected(
                 failure.reason,
                 f"only {len(valid)} of {self.settings.samples} assessments were usable; {failure.detail}",

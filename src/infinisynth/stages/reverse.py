@@ -46,8 +46,14 @@ class ReverseConstruction(ModelStage):
 
     async def process(self, row: Row) -> Outcome:
         outcomes = await asyncio.gather(*(self._variant(row, v) for v in range(self.settings.problems_per_seed)))
+        rejected = [o for o in outcomes if isinstance(o, Rejected)]
+        # A variant whose call did not complete makes the whole seed pending: a re-run redoes it
+        # (the variants that were answered come back from the response cache).
+        unfinished = next((o for o in rejected if o.transient), None)
+        if unfinished is not None:
+            return unfinished
         passed = [r for o in outcomes if isinstance(o, Passed) for r in o.rows]
-        return Passed(passed) if passed else next(o for o in outcomes if isinstance(o, Rejected))
+        return Passed(passed) if passed else rejected[0]
 
     async def _variant(self, row: Row, variant: int) -> Outcome:
         try:

@@ -15,7 +15,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from infinisynth.llm import LLMRejection
+from infinisynth.llm import LLMRejection, first_failure
 from infinisynth.records import schema_with
 from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings
 
@@ -59,7 +59,7 @@ class Difficulty(ModelStage):
         """``answer``: the ``samples`` ratings of the row, each an answer or the judge's failure."""
         valid = [s for s in answer if isinstance(s, DifficultyAnswer)]
         if not valid:
-            failure = next(s for s in answer if isinstance(s, LLMRejection))
+            failure = first_failure(answer)
             return Rejected(failure.reason, f"no usable difficulty rating of {self.settings.samples}; {failure.detail}", failure.raw_answer)
         return Passed(
             [
