@@ -17,6 +17,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
+# SQLite's connection arguments for Airflow processes that write to the metadata DB while a
+# scheduler stack runs (e.g. ``airflow backfill create``): wait up to a minute for the DB's write
+# lock instead of the sqlite3 module's 5 s, which a busy 2-core machine exceeds ("database is locked").
+SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 60}
+PATIENT_SQLITE = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "tests.support.airflow.SQLITE_CONNECT_ARGS"}
+
 
 @dataclass
 class AirflowHome:
