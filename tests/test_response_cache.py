@@ -30,15 +30,6 @@ HEADLINES = [
 ]
 
 
-@pytest.fixture
-def prompts(tmp_path, monkeypatch):
-    folder = tmp_path / "prompts"
-    folder.mkdir()
-    (folder / "test_headline.toml").write_text(PROMPT)
-    monkeypatch.setenv("INFINISYNTH_PROMPTS_DIR", str(folder))
-    return folder
-
-
 def context(server: ScriptedOpenAI, store: Store, ds: str = DS, model: str = "scripted", **settings: Any) -> RunContext:
     connection = {"host": server.base_url, "extra": {"model": model}}
     return RunContext(SPEC, store, ds, TinySettings(**settings), roles=lambda r: role_config(r, lambda _: connection))
@@ -62,7 +53,7 @@ def cache_files(store: Store) -> list[str]:
 # -- a finished date re-runs for free ------------------------------------------------------------
 
 
-def test_a_finished_shard_reruns_with_no_model_call_and_identical_rows(fresh_scripted, prompts, tmp_path):
+def test_a_finished_shard_reruns_with_no_model_call_and_identical_rows(fresh_scripted, headline_prompt, tmp_path):
     fresh_scripted.script(HEADLINES)
     store = store_for(f"file://{tmp_path / 'data'}")
     ctx = context(fresh_scripted, store)
@@ -84,12 +75,12 @@ def test_a_finished_shard_reruns_with_no_model_call_and_identical_rows(fresh_scr
     assert fresh_scripted.stats()["total"] == 0
 
 
-def test_a_changed_prompt_or_model_misses_the_cache(fresh_scripted, prompts, tmp_path):
+def test_a_changed_prompt_or_model_misses_the_cache(fresh_scripted, headline_prompt, tmp_path):
     fresh_scripted.script(HEADLINES)
     store = store_for(f"file://{tmp_path / 'data'}")
     first, _, _ = run_headlines(context(fresh_scripted, store))
 
-    (prompts / "test_headline.toml").write_text(PROMPT.replace("Write a headline of at most", "Write a headline, at most"))
+    (headline_prompt / "test_headline.toml").write_text(PROMPT.replace("Write a headline of at most", "Write a headline, at most"))
     load_prompt.cache_clear()  # as a new task process would, read the prompt files afresh
     fresh_scripted.reset()
     fresh_scripted.script(HEADLINES)
@@ -103,7 +94,7 @@ def test_a_changed_prompt_or_model_misses_the_cache(fresh_scripted, prompts, tmp
     assert fresh_scripted.stats()["total"] == 5
 
 
-def test_the_cache_can_be_switched_off(fresh_scripted, prompts, tmp_path):
+def test_the_cache_can_be_switched_off(fresh_scripted, headline_prompt, tmp_path):
     fresh_scripted.script(HEADLINES)
     store = store_for(f"file://{tmp_path / 'data'}")
     run_headlines(context(fresh_scripted, store, response_cache=False))
@@ -113,7 +104,7 @@ def test_the_cache_can_be_switched_off(fresh_scripted, prompts, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_cache_lives_in_object_storage(fresh_scripted, prompts):
+def test_the_cache_lives_in_object_storage(fresh_scripted, headline_prompt):
     from tests.support.s3 import moto_s3
 
     fresh_scripted.script(HEADLINES)

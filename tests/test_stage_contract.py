@@ -87,15 +87,6 @@ SPEC = PipelineSpec(
 )
 
 
-@pytest.fixture
-def headline_prompt(tmp_path, monkeypatch):
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    (prompts / "test_headline.toml").write_text(PROMPT)
-    monkeypatch.setenv("INFINISYNTH_PROMPTS_DIR", str(prompts))
-    return prompts
-
-
 def test_a_stage_defined_here_runs_in_a_declared_pipeline_with_its_funnel(fresh_scripted, headline_prompt, tmp_path):
     fresh_scripted.script(
         [

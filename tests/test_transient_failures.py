@@ -21,20 +21,11 @@ from infinisynth.settings import role_config, store_for
 from infinisynth.shards import TransientFailures
 from infinisynth.steps import RunContext, commit_step, run_global_step, run_step_shard
 from tests.support.servers import ScriptedOpenAI
-from tests.test_stage_contract import DS, PROMPT, SPEC, TinySettings
+from tests.test_stage_contract import DS, SPEC, TinySettings
 
 FAST = 0.05  # Retry-After (seconds) short enough to keep the tests quick
 TOO_LONG = {"match": "Article 3:", "actions": [{"json": {"headline": "one two three four five six seven eight nine ten"}}]}
 HEALTHY = [TOO_LONG, {"match": "Write a headline", "actions": [{"json": {"headline": "Council votes on bike lanes"}}]}]
-
-
-@pytest.fixture
-def prompts(tmp_path, monkeypatch):
-    folder = tmp_path / "prompts"
-    folder.mkdir()
-    (folder / "test_headline.toml").write_text(PROMPT)
-    monkeypatch.setenv("INFINISYNTH_PROMPTS_DIR", str(folder))
-    return folder
 
 
 def context(server: ScriptedOpenAI, root: str, **settings: Any) -> RunContext:
@@ -60,7 +51,7 @@ def written_rejects(ctx: RunContext) -> list[str]:
         ({"body": "<html>502 Bad Gateway</html>"}, "broken_response"),
     ],
 )
-def test_lost_calls_fail_the_task_and_its_retry_redoes_exactly_them(fresh_scripted, prompts, tmp_path, failure, reason):
+def test_lost_calls_fail_the_task_and_its_retry_redoes_exactly_them(fresh_scripted, headline_prompt, tmp_path, failure, reason):
     # Shards of 2: [a0, a1], [a2, a3], [a4]. a1 and a2 meet the outage; a3 is judged too long.
     fresh_scripted.script([{"match": ["Write a headline", f"Article {n}:"], "actions": [failure]} for n in (1, 2)] + HEALTHY)
     ctx = context(fresh_scripted, f"file://{tmp_path / 'data'}")
@@ -92,7 +83,7 @@ def test_lost_calls_fail_the_task_and_its_retry_redoes_exactly_them(fresh_script
     assert sorted(r["id"] for r in ctx.partition("headline").read().to_pylist()) == ["a0", "a1", "a2", "a4"]
 
 
-def test_an_outage_with_client_retries_off_still_goes_red(fresh_scripted, prompts, tmp_path):
+def test_an_outage_with_client_retries_off_still_goes_red(fresh_scripted, headline_prompt, tmp_path):
     """Every call fails once and the client does not retry: every shard's task fails."""
     answer = {"json": {"headline": "Council votes on bike lanes"}}
     fresh_scripted.script([{"match": "Write a headline", "actions": [{"status": 500}, {"status": 429}, answer]}])
@@ -111,7 +102,7 @@ def test_an_outage_with_client_retries_off_still_goes_red(fresh_scripted, prompt
     assert ctx.partition("headline").manifest().meta["funnel"]["rows_out"] == 5
 
 
-def test_a_shard_within_the_bound_commits_with_its_pending_rows_named(fresh_scripted, prompts, tmp_path, caplog):
+def test_a_shard_within_the_bound_commits_with_its_pending_rows_named(fresh_scripted, headline_prompt, tmp_path, caplog):
     fresh_scripted.script([{"match": ["Write a headline", "Article 1:"], "actions": [{"status": 503, "retry_after": FAST}]}, *HEALTHY])
     ctx = context(fresh_scripted, f"file://{tmp_path / 'data'}", max_transient_share=0.5)
     shards = run_global_step(ctx, "articles")
@@ -144,7 +135,7 @@ def test_a_shard_within_the_bound_commits_with_its_pending_rows_named(fresh_scri
     assert "pending_rows" not in ctx.partition("headline").manifest().meta
 
 
-def test_a_stage_that_rejects_every_row_says_so(fresh_scripted, prompts, tmp_path, caplog):
+def test_a_stage_that_rejects_every_row_says_so(fresh_scripted, headline_prompt, tmp_path, caplog):
     fresh_scripted.script([{"match": "Write a headline", "actions": [{"json": {"headline": " ".join(["word"] * 20)}}]}])
     ctx = context(fresh_scripted, f"file://{tmp_path / 'data'}")
     results = [run_step_shard(ctx, "headline", shard) for shard in run_global_step(ctx, "articles")]
@@ -152,3 +143,35 @@ def test_a_stage_that_rejects_every_row_says_so(fresh_scripted, prompts, tmp_pat
         commit_step(ctx, "headline", results)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("every one of its 5 input rows was rejected (too_long=5)" in w for w in warnings), warnings
+
+
+def test_a_seed_whose_second_variant_got_no_answer_is_pending_not_half_done(fresh_scripted, tmp_path):
+    """Reverse construction with two problems per seed: if one variant's call does not complete, the
+    whole seed is pending (redone by the next run), never published with one problem short."""
+    import asyncio
+
+    from infinisynth.llm import LLMClient, first_failure
+    from infinisynth.llm.client import LLMRejection
+    from infinisynth.llm.roles import RoleConfig
+    from infinisynth.stages.base import Rejected
+    from infinisynth.stages.reverse import ReverseConstruction, ReverseSettings
+
+    problem = "Write a function that merges overlapping intervals and returns them sorted by start."
+    fresh_scripted.script(
+        [
+            {"match": "(variant 2:", "actions": [{"status": 503}]},
+            {"match": "this snippet inspires", "actions": [{"json": {"problem": problem}}]},
+        ]
+    )
+    config = RoleConfig(role="generator", base_url=fresh_scripted.base_url, model="scripted", max_retries=0)
+    row = {"id": "s1", "parent_ids": [], "origin": "seed", "lang": "python", "seed": "def merge(a):\n    return sorted(a)\n"}
+
+    async def run() -> object:
+        async with LLMClient(config) as client:
+            return await ReverseConstruction(client, ReverseSettings(problems_per_seed=2)).process(row)
+
+    outcome = asyncio.run(run())
+    assert isinstance(outcome, Rejected) and outcome.transient and outcome.reason == "server_error"
+    # With several failed samples, the transient one decides: the row is redone, not judged on fewer.
+    final, transient = LLMRejection("invalid_output", "bad"), LLMRejection("timeout", "slow")
+    assert first_failure([final, transient]) is transient and first_failure([final]) is final
