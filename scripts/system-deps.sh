@@ -2,9 +2,11 @@
 # Debian packages the project needs, installed only when missing (fast when all are present).
 # Build tools compile llama-cpp-python; node/npm supply real JavaScript for the demo's seeds;
 # docker-compose validates docker-compose.yaml in the tests (no engine needed);
-# checkstyle, clang-tidy and the JDK (javac) are linters of the static lint gate (docs/LINT_GATE.md).
+# checkstyle, clang-tidy and the JDK (javac) are linters of the static lint gate (docs/LINT_GATE.md);
+# postgresql and redis-server run the production stack in the tests (tests/support/services.py);
+# bubblewrap sandboxes the dynamic verification of generated code.
 set -euo pipefail
-needed=(build-essential cmake git nodejs npm docker-compose checkstyle clang-tidy default-jdk-headless)
+needed=(build-essential cmake git nodejs npm docker-compose checkstyle clang-tidy default-jdk-headless postgresql redis-server bubblewrap)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

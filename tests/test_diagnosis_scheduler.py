@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from infinisynth.settings import store_for
 from tests.support.airflow import AirflowHome, make_airflow_home, running_scheduler
 from tests.support.fixtures import connection_env
 from tests.support.servers import scripted_openai
+from tests.support.services import running_postgres
 from tests.test_diagnosis_dag import RULES, write_set
 
 RUN_TIMEOUT = 300  # seconds for one registration to turn into a finished diagnosis run
@@ -31,21 +31,18 @@ FINISHED = ("success", "failed")
 
 
 def runs(home: AirflowHome, dag_id: str) -> list[dict]:
-    with sqlite3.connect(Path(home.env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute(
-            "select run_id, run_type, state, logical_date, run_after, conf from dag_run where dag_id = ? order by id", (dag_id,)
-        ).fetchall()
-    return [dict(r) for r in rows]
+    return home.query("select run_id, run_type, state, logical_date, run_after, conf from dag_run where dag_id = ? order by id", dag_id)
 
 
 def failure_logs(home: AirflowHome, dag_id: str, run_id: str) -> str:
     """The tail of every failed task's log in a run: what a failing test should show."""
-    with sqlite3.connect(Path(home.env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as db:
-        tasks = db.execute(
+    tasks = [
+        (row["task_id"], row["map_index"], row["state"])
+        for row in home.query(
             "select task_id, map_index, state from task_instance where dag_id = ? and run_id = ? and state not in ('success', 'skipped')",
-            (dag_id, run_id),
-        ).fetchall()
+            dag_id, run_id,
+        )
+    ]  # fmt: skip
     logs = [f"unfinished/failed tasks: {tasks}"]
     run_dir = Path(home.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
     for task_id, _, _ in tasks:
@@ -68,11 +65,8 @@ def wait_for_run(home: AirflowHome, dag_id: str, number: int, timeout: float = R
 
 
 def tries(home: AirflowHome, dag_id: str, run_id: str) -> dict[str, int]:
-    with sqlite3.connect(Path(home.env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as db:
-        rows = db.execute(
-            "select task_id, map_index, try_number from task_instance where dag_id = ? and run_id = ?", (dag_id, run_id)
-        ).fetchall()
-    return {f"{task}[{index}]": number for task, index, number in rows}
+    rows = home.query("select task_id, map_index, try_number from task_instance where dag_id = ? and run_id = ?", dag_id, run_id)
+    return {f"{row['task_id']}[{row['map_index']}]": row["try_number"] for row in rows}
 
 
 PARAMS = DiagnosisSettings().model_dump() | {"storage_root": ""}
@@ -100,7 +94,11 @@ def test_a_bad_settings_variable_is_refused_before_any_work(standing, message):
 
 @pytest.mark.slow
 def test_registrations_trigger_two_chained_iterations_through_the_scheduler(tmp_path):
-    home = make_airflow_home(tmp_path / "airflow")
+    with running_postgres() as database_url:
+        _two_chained_iterations(tmp_path, make_airflow_home(tmp_path / "airflow", database_url))
+
+
+def _two_chained_iterations(tmp_path: Path, home: AirflowHome) -> None:
     root = f"file://{tmp_path / 'data'}"
     diagnosis_set = str(write_set(tmp_path))
     standing = {"diagnosis_source": diagnosis_set, "max_targeted": 2, "shard_size": 4, "merge_similarity": 1.0, "quality_samples": 1}

@@ -1,8 +1,9 @@
 """The outage drill (issue 11's acceptance): an endpoint outage on one night of a backfill turns
 that night red and nothing else; a ``--reprocess-behavior failed`` backfill mends exactly it.
 
-Through a real scheduler (api-server, dag-processor, scheduler on LocalExecutor/SQLite in a
-throwaway Airflow home) against the scripted server:
+Through a real scheduler (api-server, dag-processor, scheduler on LocalExecutor, a throwaway
+Airflow home on a private PostgreSQL: SQLite's one writer refuses `backfill create` while the
+scheduler writes) against the scripted server:
 
 1. a backfill of three nights, one run at a time; every model call of the middle night gets HTTP
    500 (a rule per seed of that night: seeds are date-keyed, so only its prompts carry them);
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,10 @@ import pytest
 from infinisynth.llm.reasons import TRANSIENT_REASONS
 from infinisynth.seeds import date_window, sample_magicoder
 from infinisynth.settings import store_for
-from tests.support.airflow import PATIENT_SQLITE, REPO, AirflowHome, make_airflow_home, running_scheduler
+from tests.support.airflow import REPO, AirflowHome, make_airflow_home, running_scheduler
 from tests.support.fixtures import connection_env
 from tests.support.servers import ScriptedOpenAI, scripted_openai
+from tests.support.services import running_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -123,9 +124,7 @@ def rejected_reasons(data: Path, ds: str) -> dict[str, list[str]]:
 
 
 def query(home: AirflowHome, sql: str, *args: Any) -> list[dict[str, Any]]:
-    with sqlite3.connect(Path(home.env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute(sql, args).fetchall()]
+    return home.query(sql, *args)
 
 
 def dag_runs(home: AirflowHome) -> dict[str, dict[str, Any]]:
@@ -185,10 +184,17 @@ def wait_for_backfill(home: AirflowHome, number: int, timeout: float) -> dict[st
 # -- the drill -----------------------------------------------------------------------------------
 
 
-def test_an_outage_reddens_only_its_night_and_a_failed_only_backfill_mends_it(tmp_path):
+@pytest.fixture
+def postgres_url():
+    with running_postgres() as url:
+        yield url
+
+
+def test_an_outage_reddens_only_its_night_and_a_failed_only_backfill_mends_it(tmp_path, postgres_url):
     figures: dict[str, Any] = {}
     started = time.monotonic()
-    home = make_airflow_home(tmp_path / "airflow")
+    # On PostgreSQL, as deployed: `backfill create` writes while the scheduler stack runs.
+    home = make_airflow_home(tmp_path / "airflow", postgres_url)
     data = tmp_path / "data"
     seed_file = write_seed_file(tmp_path)
     conf = {**CONF, "seed_source": str(seed_file), "storage_root": f"file://{data}"}
@@ -205,8 +211,6 @@ def test_an_outage_reddens_only_its_night_and_a_failed_only_backfill_mends_it(tm
             # No scheduled run when the DAG is unpaused (catchup is off, but the latest interval
             # would still be run, with the default Params): backfill runs only.
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            # The backfill CLI writes to SQLite while the scheduler stack does: wait for the lock.
-            **PATIENT_SQLITE,
         }
         for args in (("dags", "reserialize"), ("dags", "unpause", DAG_ID)):
             result = home.run(*args, extra_env=env)

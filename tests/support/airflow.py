@@ -17,12 +17,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
-# SQLite's connection arguments for Airflow processes that write to the metadata DB while a
-# scheduler stack runs (e.g. ``airflow backfill create``): wait up to a minute for the DB's write
-# lock instead of the sqlite3 module's 5 s, which a busy 2-core machine exceeds ("database is locked").
-SQLITE_CONNECT_ARGS: dict[str, Any] = {"timeout": 60}
-PATIENT_SQLITE = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "tests.support.airflow.SQLITE_CONNECT_ARGS"}
-
 
 @dataclass
 class AirflowHome:
@@ -30,6 +24,25 @@ class AirflowHome:
 
     def run(self, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run([AIRFLOW, *args], env={**self.env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
+
+    def query(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        """Rows of ``sql`` (``?`` placeholders) from this home's metadata DB, SQLite or PostgreSQL,
+        with values as SQLite gives them: datetimes as text, JSON columns as JSON text."""
+        import sqlalchemy
+
+        url = self.env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or f"sqlite:///{self.env['AIRFLOW_HOME']}/airflow.db"
+        engine = sqlalchemy.create_engine(
+            url, poolclass=sqlalchemy.pool.NullPool, connect_args={"timeout": 30} if url.startswith("sqlite") else {}
+        )
+        names = [f"p{i}" for i in range(len(args))]
+        for name in names:
+            sql = sql.replace("?", f":{name}", 1)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(sqlalchemy.text(sql), dict(zip(names, args, strict=True))).mappings().all()
+        finally:
+            engine.dispose()
+        return [{key: _as_sqlite_gives(value) for key, value in row.items()} for row in rows]
 
     def dags_test(self, dag_id: str, ds: str, conf: dict[str, Any], extra_env: dict[str, str], timeout: float = 600) -> str:
         """Run a whole DAG in-process for ``ds``; return its output, failing loudly if the run failed."""
@@ -43,7 +56,21 @@ class AirflowHome:
         return output
 
 
-def make_airflow_home(directory: Path) -> AirflowHome:
+def _as_sqlite_gives(value: Any) -> Any:
+    import datetime
+
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return value
+
+
+def make_airflow_home(directory: Path, database_url: str | None = None) -> AirflowHome:
+    """A migrated Airflow home in ``directory`` with the ``llm`` pool: on its own SQLite file, or on
+    ``database_url`` (e.g. :func:`tests.support.services.running_postgres`), which a scheduler
+    stack should use: SQLite's single writer makes a CLI that writes while a scheduler runs (``airflow
+    backfill create``) fail with "database is locked" whatever its timeout."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(directory),
@@ -51,6 +78,7 @@ def make_airflow_home(directory: Path) -> AirflowHome:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "PYTHONPATH": str(REPO),
+        **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url} if database_url else {}),
     }
     home = AirflowHome(env)
     for args in (("db", "migrate"), ("pools", "set", "llm", "4", "model calls")):
