@@ -16,7 +16,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: setup demo test check ui model-server lint-service bench lock clean
+.PHONY: setup demo test check ui model-server lint-service bench lock clean env
 
 ESLINT_STAMP := tools/eslint/node_modules/.installed
 
@@ -76,6 +76,11 @@ bench: setup
 	$(PY) benchmarks/bench_code_pipeline.py
 	$(PY) benchmarks/bench_lint_gate.py
 	$(PY) benchmarks/bench_subject_scale.py
+	$(PY) benchmarks/bench_role_limits.py
+
+# The production stack's .env with fresh strong secrets (standard library only; never overwrites).
+env:
+	$(PYTHON) scripts/stack_secrets.py generate
 
 # Re-resolve requirements.in into the fully pinned requirements.txt.
 lock: $(VENV)/.installed
