@@ -4,9 +4,10 @@
 # docker-compose validates docker-compose.yaml in the tests (no engine needed);
 # checkstyle, clang-tidy and the JDK (javac) are linters of the static lint gate (docs/LINT_GATE.md);
 # postgresql and redis-server run the production stack in the tests (tests/support/services.py);
-# bubblewrap sandboxes the dynamic verification of generated code.
+# bubblewrap sandboxes the dynamic verification of generated code; chromium and chromium-driver
+# drive the UI report tests headless.
 set -euo pipefail
-needed=(build-essential cmake git nodejs npm docker-compose checkstyle clang-tidy default-jdk-headless postgresql redis-server bubblewrap)
+needed=(build-essential cmake git nodejs npm docker-compose checkstyle clang-tidy default-jdk-headless postgresql redis-server bubblewrap chromium chromium-driver)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
