@@ -77,6 +77,12 @@ def rejection(cfg: RoleConfig, text: str, usage: UsageMeter | None = None, stage
     return caught.value
 
 
+@pytest.fixture(autouse=True)
+def own_limits_store(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own shared-limits store: no window or Retry-After of another test is left."""
+    monkeypatch.setenv("INFINISYNTH_LIMITS_URL", f"sqlite://{tmp_path / 'limits.sqlite'}")
+
+
 @pytest.fixture
 def wire(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """JSON bodies of the chat requests as they leave for the server (the request still goes out)."""
@@ -342,25 +348,30 @@ async def _timed_calls(cfg: RoleConfig, count: int) -> list[float]:
         return sorted(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-def test_requests_per_minute_limit(fresh_scripted: ScriptedOpenAI) -> None:
-    # A leaky bucket: a burst of 30, then one request every 60/30 = 2 s.
-    done = asyncio.run(_timed_calls(config(fresh_scripted, requests_per_minute=30), 31))
+def _spread_per_second(done: list[float], per_second: int) -> None:
+    """31 calls at ``per_second`` = 10: a moving window of 1 s lets 10 through at once, then the
+    next 10 a second later, and so on: no second ever holds more than the budget."""
+    assert done[per_second - 1] < 0.8  # the first window's share goes straight through
+    for second in range(1, 4):
+        assert done[second * per_second] >= second - 0.05  # the next share waits for the window
 
-    assert done[29] < 1.5  # the burst goes straight through
-    assert done[30] >= 1.8  # the 31st waits for the bucket to drain
+
+def test_requests_per_minute_limit(fresh_scripted: ScriptedOpenAI) -> None:
+    # 600 per minute is spread as 10 per second (llm/limits.py: the shortest whole-number window).
+    done = asyncio.run(_timed_calls(config(fresh_scripted, requests_per_minute=600), 31))
+
+    _spread_per_second(done, 10)
     assert fresh_scripted.stats()["total"] == 31
 
 
 def test_tokens_per_minute_limit(fresh_scripted: ScriptedOpenAI) -> None:
     # Each call is estimated at (characters in the messages) // 4 + max_tokens = 40 // 4 + 90 = 100
-    # tokens; 3000 per minute allows a burst of 30 such calls, then 50 tokens a second: the 31st
-    # waits ~2 s.
+    # tokens; 60,000 per minute is 1,000 a second: 10 such calls per second.
     assert sum(len(m["content"]) for m in ask("limited 1")) // 4 == 10
-    cfg = config(fresh_scripted, tokens_per_minute=3000, max_tokens=90)
+    cfg = config(fresh_scripted, tokens_per_minute=60_000, max_tokens=90)
     done = asyncio.run(_timed_calls(cfg, 31))
 
-    assert done[29] < 1.5
-    assert done[30] >= 1.8
+    _spread_per_second(done, 10)
 
 
 def test_single_call_larger_than_the_token_budget_still_runs(fresh_scripted: ScriptedOpenAI) -> None:

@@ -9,6 +9,9 @@ For each step, in order:
 - a **batch** step is mapped the same way outside the ``llm`` pool (it calls no model), two shards
   at a time, since one batch already uses every core of a worker.
 
+A mapped step whose role is in batch mode defers while its provider batch runs
+(:class:`ShardTaskOperator`: no worker slot held; the trigger polls the batch in the triggerer).
+
 A finishing task returns the shards of the mapped steps whose inputs it completes (they read the
 same upstream steps), and those steps expand over that list. Light on purpose: DAG files call
 this at parse time; task bodies import the library only when they run.
@@ -26,7 +29,9 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
+from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
 from airflow.sdk import DAG, task
+from airflow.sdk.bases.decorator import task_decorator_factory
 
 from infinisynth.spec import PipelineSpec, params_from_settings
 
@@ -64,6 +69,43 @@ def pipeline_dag(
     return dag
 
 
+class ShardTaskOperator(_PythonDecoratedOperator):
+    """The operator of mapped model and batch steps: a TaskFlow task that can wait for a provider
+    batch (a role in batch mode, :mod:`infinisynth.llm.batch`) without holding a worker slot. Its
+    body defers (:func:`deferring`) to a :class:`~infinisynth.llm.batch_trigger.BatchTrigger`; when
+    the trigger fires, Airflow calls :meth:`resume_step`, which runs the body again: the shard
+    finds its batch in its work folder and goes on from there."""
+
+    custom_operator_name = "@shard_task"
+
+    def resume_step(self, context: Any, event: Any = None) -> Any:
+        return self.execute(context)
+
+
+def shard_task(**kwargs: Any) -> Any:
+    """``@task`` for mapped steps, with :class:`ShardTaskOperator`."""
+    return task_decorator_factory(decorated_operator_class=ShardTaskOperator, **kwargs)
+
+
+@contextmanager
+def deferring() -> Iterator[None]:
+    """Turn :class:`~infinisynth.llm.batch.BatchPending` (a shard's requests are in a provider
+    batch that has not ended) into a deferral to the triggerer; the task resumes in
+    :meth:`ShardTaskOperator.resume_step`."""
+    from infinisynth.llm.batch import BatchPending
+
+    try:
+        yield
+    except BatchPending as pending:
+        from airflow.sdk.exceptions import TaskDeferred
+
+        from infinisynth.llm.batch_trigger import BatchTrigger
+
+        trigger = BatchTrigger(**pending.trigger_kwargs())
+        timeout = timedelta(seconds=pending.timeout_seconds())
+        raise TaskDeferred(trigger=trigger, method_name="resume_step", timeout=timeout) from None
+
+
 @contextmanager
 def failing_fast() -> Iterator[None]:
     """Turn an ``InputError`` into ``AirflowFailException``, which Airflow does not retry: the
@@ -96,6 +138,23 @@ def context(spec: PipelineSpec, params: Mapping[str, Any], ds: str, run: dict[st
     return RunContext(spec, run_store(dict(params)), ds, settings, roles=run_role, lookup=connection_lookup)
 
 
+def announce(ctx: Any, step: str, ti: Any, outlet_events: Any, run_id: str | None) -> None:
+    """The task's asset events carry what it published: ``{"pipeline", "step", "partition",
+    "rows", "run_id", "url"}`` in their ``extra``. An estimate run published nothing: its task
+    drops its outlets, so it emits no asset event (and triggers no downstream DAG)."""
+    outlets = list(getattr(getattr(ti, "task", None), "outlets", None) or [])
+    if not outlets or outlet_events is None:
+        return
+    if getattr(ctx.settings, "estimate", False):
+        ti.task.outlets = []
+        return
+    partition = ctx.partition(step)
+    rows = partition.manifest().rows if partition.exists() else 0
+    extra = {"pipeline": ctx.spec.name, "step": step, "partition": ctx.ds, "rows": rows, "run_id": run_id, "url": partition.url}
+    for asset in outlets:
+        outlet_events[asset].extra = extra
+
+
 def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None = None, run: Any = None) -> dict[str, Any]:
     """Add the pipeline's tasks to the DAG being defined; returns each step's finishing task.
 
@@ -104,33 +163,48 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
     outlets = outlets or {}
 
     @task(**REDUCE)
-    def global_step(step: str, upstream_results: dict[str, list[dict]] | None = None, run=None, params=None, ds=None) -> list[dict]:
+    def global_step(
+        step: str,
+        upstream_results: dict[str, list[dict]] | None = None,
+        run=None,
+        params=None,
+        ds=None,
+        ti=None,
+        outlet_events=None,
+        run_id=None,
+    ) -> list[dict]:
         from infinisynth.steps import run_global_step
 
         results = {name: list(r) for name, r in (upstream_results or {}).items()}
         with failing_fast():
-            return run_global_step(context(spec, params, ds, run), step, results)
+            ctx = context(spec, params, ds, run)
+            shards = run_global_step(ctx, step, results)
+        announce(ctx, step, ti, outlet_events, run_id)
+        return shards
 
-    @task(**MODEL_TASK)
+    @shard_task(**MODEL_TASK)
     def model_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
         from infinisynth.steps import run_step_shard
 
-        with failing_fast():
+        with failing_fast(), deferring():
             return run_step_shard(context(spec, params, ds, run), step, shard)
 
-    @task(**BATCH_TASK)
+    @shard_task(**BATCH_TASK)
     def batch_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
         from infinisynth.steps import run_step_shard
 
-        with failing_fast():
+        with failing_fast(), deferring():
             return run_step_shard(context(spec, params, ds, run), step, shard)
 
     @task(**REDUCE)
-    def commit(step: str, results: list[dict], run=None, params=None, ds=None) -> list[dict]:
+    def commit(step: str, results: list[dict], run=None, params=None, ds=None, ti=None, outlet_events=None, run_id=None) -> list[dict]:
         from infinisynth.steps import commit_step
 
         with failing_fast():
-            return commit_step(context(spec, params, ds, run), step, list(results))
+            ctx = context(spec, params, ds, run)
+            shards = commit_step(ctx, step, list(results))
+        announce(ctx, step, ti, outlet_events, run_id)
+        return shards
 
     finished: dict[str, Any] = {}  # step -> the task after which its partition is committed
     mapped: dict[str, Any] = {}  # mapped step -> its mapped task (whose results its commit reads)

@@ -38,3 +38,20 @@ def run_store(params: dict[str, Any]) -> Store:
 
 def run_role(role: str, **overrides: Any) -> RoleConfig:
     return role_config(role, connection_lookup, **overrides)
+
+
+def variable(key: str) -> str | None:
+    """An Airflow Variable's text inside a task (metadata DB or secrets backend); None when unset
+    or when not running inside a task."""
+    import sys
+
+    runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    if runner is None or getattr(runner, "SUPERVISOR_COMMS", None) is None:
+        return None
+    from airflow.sdk import Variable
+
+    try:
+        value = Variable.get(key, default=None)
+    except Exception:  # a Variable backend that cannot answer must not fail the run: prices are a report
+        return None
+    return None if value is None else str(value)

@@ -5,6 +5,11 @@ OpenAI-compatible base URL (``.../v1``), ``password`` the API key, ``extra`` any
 :class:`~infinisynth.llm.RoleConfig` field (``model``, ``structured_output``, ``max_concurrency``,
 ``requests_per_minute``, ...). Run settings (DAG Params) override connection settings.
 
+A role's limits hold across every task and worker (:mod:`infinisynth.llm.limits`): their shared
+store is the role connection's ``extra.limits_url``, else ``INFINISYNTH_LIMITS_URL`` (e.g. the
+Celery stack's ``redis://redis:6379/1``), else a SQLite file in ``~/.cache/infinisynth/`` shared by
+the processes of one machine.
+
 Object storage for ``s3://`` roots comes from the connection named by ``INFINISYNTH_STORAGE_CONN``
 (default ``infinisynth_s3``): ``login``/``password`` are the access key pair, ``extra.endpoint_url``
 points at MinIO or any S3-compatible server.

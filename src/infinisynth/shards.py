@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from infinisynth.llm import LLMClient, ResponseCache, RoleConfig, UsageMeter
-from infinisynth.llm.usage import format_table
-from infinisynth.records import REJECTED_SCHEMA
+from infinisynth.llm.prices import role_price
+from infinisynth.llm.usage import dollars_text, format_table, sum_usage
+from infinisynth.records import REJECTED_SCHEMA, content_id
 from infinisynth.runner import Checkpoint, ShardRun, run_shard, split_outcomes
 from infinisynth.stages.base import BatchStage, Passed, Stage
 from infinisynth.storage import DataFile, Store
+
+if TYPE_CHECKING:
+    from infinisynth.llm.batch import BatchCollector
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ class ShardResult:
     output: dict[str, Any]  # DataFile as a dict
     rejected: dict[str, Any] | None = None  # no file: nothing rejected in this shard
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumed: int = 0
     stats: dict[str, Any] = field(default_factory=dict)  # a batch step's own counts (e.g. per language)
     passed: int | None = None  # inputs that passed (None: not counted, e.g. a global step's extra shards)
@@ -52,6 +57,10 @@ class ShardResult:
     pending_by_reason: dict[str, int] = field(default_factory=dict)
     pending_ids: list[str] = field(default_factory=list)  # the first MAX_PENDING_IDS of them
     pending_errors: dict[str, str] = field(default_factory=dict)  # the last error's detail per reason
+    processed: int = 0  # rows this attempt processed (not resumed from a checkpoint)
+    row_seconds: float = 0.0  # their summed wall time, each from its start to its outcome
+    elapsed: float = 0.0  # the attempt's wall time over the shard
+    estimate: dict[str, Any] = field(default_factory=dict)  # an estimate run's sample: see infinisynth.estimate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,25 +94,65 @@ def run_stage_shard(
     ``max_transient_share``: the share of rows that may stay pending; above it, this raises
     :class:`TransientFailures` before writing anything (None: no bound, the caller decides).
     """
-    usage = UsageMeter()
+    usage = UsageMeter(prices={role.role: role_price(role)})
     checkpoint = Checkpoint(store, store.work_dir(pipeline, stage_name, ds, shard))
+    label = f"{pipeline}.{stage_name} shard {shard}"
 
-    async def go() -> tuple[Stage, ShardRun]:
-        async with LLMClient(role, usage, cache) as client:
+    async def go(config: RoleConfig = role, collector: BatchCollector | None = None) -> tuple[Stage, ShardRun]:
+        nonlocal usage
+        if collector is not None:  # batch mode: each pass its own meter (the checkpoint holds earlier passes')
+            usage = UsageMeter(prices=usage.prices)
+        async with LLMClient(config, usage, cache) as client:
+            client.collector = collector
             stage = make_stage(client)
-            run = await run_shard(
-                stage,
-                rows,
-                usage=usage,
-                checkpoint=checkpoint,
-                concurrency=role.max_concurrency,
-                label=f"{pipeline}.{stage_name} shard {shard}",
-            )
+            run = await run_shard(stage, rows, usage=usage, checkpoint=checkpoint, concurrency=config.max_concurrency, label=label)
             return stage, run
 
-    stage, run = asyncio.run(go())
+    if role.mode == "batch" and rows:
+        stage, run = _run_batched(store, checkpoint.directory, rows, role, make_stage, go, label)
+    else:
+        stage, run = asyncio.run(go())
     log.info("%s.%s shard %d model usage this attempt:\n%s", pipeline, stage_name, shard, usage.table())
-    return _write_outcomes(store, pipeline, stage_name, ds, shard, run, stage.schema, max_transient_share)
+    result = _write_outcomes(store, pipeline, stage_name, ds, shard, run, stage.schema, max_transient_share)
+    result.processed, result.row_seconds, result.elapsed = run.processed, round(run.row_seconds, 3), round(run.elapsed, 3)
+    return result
+
+
+def _run_batched(
+    store: Store,
+    work_dir: str,
+    rows: Sequence[dict[str, Any]],
+    role: RoleConfig,
+    make_stage: StageFactory,
+    go: Callable[..., Coroutine[Any, Any, tuple[Stage, ShardRun]]],
+    label: str,
+) -> tuple[Stage, ShardRun]:
+    """A shard of a role in batch mode (:mod:`infinisynth.llm.batch`): the last batch read in (or
+    :class:`~infinisynth.llm.batch.BatchPending` while it runs), a pass with its answers, and the
+    requests that pass still needs sent as the next batch (:class:`BatchPending` again), or online
+    once the shard has had ``batch_max_rounds`` batches."""
+    from infinisynth.llm.batch import ShardBatches
+
+    probe = make_stage(LLMClient(role))  # only for its fingerprint: the batches of this stage version
+    key = content_id(role.base_url, role.model, sorted({probe.cache_key(row) for row in rows}))
+    batches = ShardBatches(store, posixpath.join(work_dir, "batch", key), role, label)
+    asyncio.run(batches.settle())
+    # Collecting sends nothing, so the role's request and token rates do not apply to it.
+    collecting = role.model_copy(update={"requests_per_minute": None, "tokens_per_minute": None})
+    collector = batches.collector()
+    stage, run = asyncio.run(go(collecting, collector))
+    batches.served()  # failures reported once as pending (the next attempt asks again), answers counted once
+    if not collector.wanted:
+        return stage, run
+    if batches.rounds() < role.batch_max_rounds:
+        raise asyncio.run(batches.submit(collector.wanted))
+    log.warning(
+        "%s: %d requests still unanswered after %d provider batches (batch_max_rounds); sending them online",
+        label,
+        len(collector.wanted),
+        batches.rounds(),
+    )
+    return asyncio.run(go(role, batches.collector(online=True)))
 
 
 def _write_outcomes(
@@ -237,8 +286,13 @@ def commit_stage(
         "pending": pending,
         "pending_by_reason": dict(pending_by_reason.most_common()),
         "resumed_rows": sum(r.resumed for r in results),
-        "usage": usage.snapshot(),
+        "usage": usage.snapshot(),  # per role/stage: requests, tokens, dollars (+ unpriced_requests)
+        "dollars": round(usage.totals().dollars, 6),
     }
+    if any(r.estimate for r in results):  # an estimate run: the step's projection goes beside its funnel
+        from infinisynth.estimate import project_step, record_projection
+
+        funnel["estimate"] = project_step(stage_name, [r.to_dict() for r in results])
     manifest_meta = {"pipeline": pipeline, "stage": stage_name, "ds": ds, "funnel": funnel, **(meta or {})}
     if pending:
         manifest_meta["pending_rows"] = {
@@ -254,6 +308,8 @@ def commit_stage(
     if store.fs.exists(work):
         store.fs.rm(work, recursive=True)
     log.info("%s published\n%s", where, funnel_table([funnel]))
+    if "estimate" in funnel:
+        record_projection(store, pipeline, ds, funnel["estimate"])
     if rows_in and rejected == rows_in:
         log.warning("%s: every one of its %d input rows was rejected (%s)", where, rows_in, _counts(funnel["rejected_by_reason"]))
     if pending:
@@ -268,10 +324,13 @@ def commit_stage(
 
 
 def funnel_table(funnel: Sequence[dict[str, Any]]) -> str:
-    """Stages as rows: in, passed, out, rejected, pending, tokens, top reasons (pending ones marked)."""
-    rows: list[tuple[Any, ...]] = [("stage", "in", "passed", "out", "rejected", "pending", "tokens", "top reject reasons")]
+    """Stages as rows: in, passed, out, rejected, pending, tokens, dollars, top reasons (pending ones
+    marked). Dollars are ``-`` for a step that made no model request, ``unpriced`` for a model with
+    no known price."""
+    rows: list[tuple[Any, ...]] = [("stage", "in", "passed", "out", "rejected", "pending", "tokens", "dollars", "top reject reasons")]
     for entry in funnel:
-        tokens = sum(u.get("total_tokens", 0) for u in entry.get("usage", {}).values())
+        usage = sum_usage(entry.get("usage", {}).values())
+        tokens = usage.total_tokens
         reasons = [f"{k}={v}" for k, v in list(entry.get("rejected_by_reason", {}).items())[:3]]
         reasons += [f"{k}={v} (pending)" for k, v in list(entry.get("pending_by_reason", {}).items())[:2]]
         rows.append(
@@ -283,7 +342,12 @@ def funnel_table(funnel: Sequence[dict[str, Any]]) -> str:
                 entry["rejected"],
                 entry.get("pending", 0),
                 tokens,
+                dollars_text(usage) if usage.requests or usage.cached_requests else "-",
                 ", ".join(reasons) or "-",
             )
         )
+    if len(funnel) > 1:  # the night's model bill in one line
+        night = sum_usage(u for entry in funnel for u in entry.get("usage", {}).values())
+        money = dollars_text(night) if night.requests or night.cached_requests else "-"
+        rows.append(("total", "", "", "", "", "", night.total_tokens, money, ""))
     return format_table(rows)

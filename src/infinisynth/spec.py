@@ -155,6 +155,13 @@ class PipelineSettings(BaseModel):
     response_cache_max_gb: float = Field(
         20.0, gt=0, description="Size bound of the response cache; the oldest answers are deleted first (checked once a day)"
     )
+    estimate: bool = Field(
+        False,
+        description="Project the run's calls, tokens, dollars and wall time instead of making it: each model step answers "
+        "only the first estimate_sample rows of each shard (response cache off), the rest is extrapolated; writes "
+        "reports/ds=.../estimate.json, publishes nothing (its tables go under {root}/_estimate) and emits no asset event",
+    )
+    estimate_sample: int = Field(5, ge=1, description="With estimate on: rows per shard each model step really answers")
 
     def role_overrides(self, role: str) -> dict[str, Any]:
         """Run settings that override a role's connection: ``<role>_model``, ``<role>_temperature``,

@@ -56,6 +56,12 @@ class RunContext:
     run: dict[str, Any] | None = None  # what the run's start task resolved (the diagnosis loop's iteration)
     commit_meta: dict[str, Any] = field(default_factory=dict)  # manifest keys every commit of the run carries
 
+    def __post_init__(self) -> None:
+        if getattr(self.settings, "estimate", False):  # a projection run: its tables live apart (infinisynth.estimate)
+            from infinisynth.estimate import scratch_store
+
+            self.store = scratch_store(self.store, self.spec.name)
+
     def role(self, name: str) -> RoleConfig:
         resolve = self.roles or (lambda role: role_config(role, self.lookup))
         return resolve(name).with_overrides(**self.settings.role_overrides(name))
@@ -116,6 +122,10 @@ def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> di
     Model calls go through the run's response cache. A model step whose share of pending rows
     (calls that did not complete) exceeds ``max_transient_share`` raises
     :class:`~infinisynth.shards.TransientFailures`: the task fails and Airflow retries it."""
+    if getattr(ctx.settings, "estimate", False):  # answer a sample, project the rest
+        from infinisynth.estimate import sample_step_shard
+
+        return sample_step_shard(ctx, step_name, shard)
     ref = ShardRef(**shard)
     rows = ctx.partition(ref.stage).read_file(ref.file).to_pylist()
     results: dict[str, Any] = {}

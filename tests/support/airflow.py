@@ -118,16 +118,19 @@ def scheduler_env(home: AirflowHome, port: int) -> dict[str, str]:
 
 
 @contextmanager
-def running_scheduler(home: AirflowHome, extra_env: dict[str, str], log_dir: Path, timeout: float = 120) -> Iterator[dict[str, str]]:
-    """``airflow api-server``, ``dag-processor`` and ``scheduler`` as background processes (each
-    its own process group, killed with its children on exit, whatever happens); yields the env."""
+def running_scheduler(
+    home: AirflowHome, extra_env: dict[str, str], log_dir: Path, timeout: float = 120, triggerer: bool = False
+) -> Iterator[dict[str, str]]:
+    """``airflow api-server``, ``dag-processor`` and ``scheduler`` (and with ``triggerer``, ``airflow
+    triggerer``, which runs deferred tasks' triggers) as background processes (each its own process
+    group, killed with its children on exit, whatever happens); yields the env."""
     from tests.support.servers import wait_for_http
 
     port = free_port()
     env = {**home.env, **scheduler_env(home, port), **extra_env}
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        for component in ("api-server", "dag-processor", "scheduler"):
+        for component in ("api-server", "dag-processor", "scheduler", *(("triggerer",) if triggerer else ())):
             log = (log_dir / f"{component}.log").open("wb")
             processes.append(subprocess.Popen([AIRFLOW, component], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             log.close()

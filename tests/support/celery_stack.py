@@ -34,6 +34,8 @@ def celery_env(broker_url: str, database_url: str) -> dict[str, str]:
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + database_url,  # SQLAlchemy 2.1 defaults to psycopg 3
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        # Both workers share each role's limits through the same Redis, as in docker-compose.yaml.
+        "INFINISYNTH_LIMITS_URL": broker_url.rsplit("/", 1)[0] + "/1",
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.support.celery_stack.worker_name",
         # A killed worker's task stops heartbeating: found and retried in seconds, not minutes.
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",

@@ -23,6 +23,13 @@ score of every token instead.
 
 ``GET /_control/stats`` counts requests (total, per rule, per status); ``POST /_control/reset``
 clears rules and counters. ``--capacity`` bounds requests served at once; the rest queue.
+``POST /_control/capacity`` with ``{"capacity": n, "overflow_status": 429, "retry_after": s}``
+changes it at run time; with ``overflow_status``, a chat request beyond it is answered at once
+with that status (and ``Retry-After``) instead of queueing. ``GET /_control/arrivals`` lists when
+each chat request arrived and when each was answered with which status (wall-clock seconds).
+
+The batch API (``/v1/files``, ``/v1/batches``) answers batch lines with the same rules:
+tests/support/scripted_batches.py.
 """
 
 from __future__ import annotations
@@ -33,10 +40,16 @@ import hashlib
 import json
 import re
 import sys
+import time
 from collections import Counter
 from typing import Any
 
 from aiohttp import web
+
+try:
+    from tests.support.scripted_batches import ScriptedBatches
+except ImportError:  # run as a script: tests/support is the import path
+    from scripted_batches import ScriptedBatches  # type: ignore[no-redef]
 
 TOKEN = re.compile(r"\n|[^\S\n]*\S+|[^\S\n]+")  # legacy completions: newlines, then space-led words
 SCHEMA_MARKER = re.compile(r"matches this JSON schema[^\n]*\n(\{.*\})\s*$", re.DOTALL)
@@ -51,6 +64,8 @@ class ScriptedServer:
     def __init__(self, latency: float = 0.0, capacity: int = 64):
         self.latency = latency
         self.capacity = asyncio.Semaphore(capacity)
+        self.limit = capacity
+        self.overflow: dict[str, Any] | None = None  # the action for a request beyond the limit
         self.rules: list[dict[str, Any]] = []
         self.reset_counters()
 
@@ -61,6 +76,8 @@ class ScriptedServer:
         self.progress: Counter[tuple[int, str]] = Counter()  # (rule, prompt hash) -> next action
         self.auth_headers: set[str] = set()
         self.max_in_flight = 0
+        self.arrivals: list[float] = []  # chat requests, time.time() at arrival
+        self.answers: list[tuple[float, int]] = []  # (time.time(), status) of each answer sent
         self.in_flight = 0
 
     # -- control -------------------------------------------------------------------------------
@@ -72,6 +89,7 @@ class ScriptedServer:
 
     async def reset(self, request: web.Request) -> web.Response:
         self.rules = []
+        self.overflow = None
         self.reset_counters()
         return web.json_response({"ok": True})
 
@@ -86,6 +104,21 @@ class ScriptedServer:
             }
         )
 
+    async def set_capacity(self, request: web.Request) -> web.Response:
+        settings = await request.json()
+        self.limit = int(settings["capacity"])
+        if settings.get("overflow_status"):
+            self.overflow = {"status": int(settings["overflow_status"])}
+            if settings.get("retry_after") is not None:
+                self.overflow["retry_after"] = settings["retry_after"]
+        else:
+            self.overflow = None
+            self.capacity = asyncio.Semaphore(self.limit)
+        return web.json_response({"capacity": self.limit, "overflow": self.overflow})
+
+    async def arrival_times(self, request: web.Request) -> web.Response:
+        return web.json_response({"arrivals": self.arrivals, "answers": self.answers})
+
     # -- OpenAI API ----------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
@@ -97,6 +130,9 @@ class ScriptedServer:
         body = await request.json()
         prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
         action = self._next_action(prompt)
+        self.arrivals.append(time.time())
+        if self.overflow is not None and self.in_flight >= self.limit:
+            return self._respond(request, body, prompt, self.overflow)  # beyond capacity: refused at once
         async with self.capacity:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -144,6 +180,7 @@ class ScriptedServer:
             return web.Response(status=500)  # never delivered: the socket is gone
         status = int(action.get("status", 200))
         self.by_status[status] += 1
+        self.answers.append((time.time(), status))
         if status != 200:
             headers = {"Retry-After": str(action["retry_after"])} if "retry_after" in action else {}
             error = {"error": {"message": f"scripted status {status}", "type": "scripted", "code": status}}
@@ -271,7 +308,9 @@ def fill(schema: dict[str, Any], root: dict[str, Any], seed: str) -> Any:
 
 def make_app(latency: float, capacity: int) -> web.Application:
     server = ScriptedServer(latency=latency, capacity=capacity)
+    batches = ScriptedBatches(server)  # /v1/files and /v1/batches: tests/support/scripted_batches.py
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.add_routes(batches.routes())
     app.add_routes(
         [
             web.post("/v1/chat/completions", server.chat),
@@ -280,6 +319,8 @@ def make_app(latency: float, capacity: int) -> web.Application:
             web.post("/_control/rules", server.set_rules),
             web.post("/_control/reset", server.reset),
             web.get("/_control/stats", server.stats),
+            web.post("/_control/capacity", server.set_capacity),
+            web.get("/_control/arrivals", server.arrival_times),
             web.get("/health", lambda request: web.json_response({"ok": True})),
         ]
     )

@@ -3,7 +3,8 @@
 Transport retries (429 honouring Retry-After, 5xx, timeouts, dropped connections; exponential
 backoff with jitter) are the OpenAI client's own; an HTTP 200 whose body is not the response asked
 for (not JSON, or JSON of another shape) is retried here the same way. This module adds what the
-OpenAI client lacks: per-role concurrency and request/token rate limits, validation of structured
+OpenAI client lacks: per-role concurrency and request/token rate limits that hold across every
+process using the role, adaptive concurrency (:mod:`infinisynth.llm.limits`), validation of structured
 answers with a bounded number of re-asks, ``n`` independent samples, token accounting, an optional
 response cache (:mod:`infinisynth.llm.cache`), and turning every failure into an
 :class:`LLMRejection` whose reason says whether the answer was judged (final) or the call did not
@@ -18,16 +19,16 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 import openai
-from aiolimiter import AsyncLimiter
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
 from infinisynth.llm.cache import ResponseCache, request_key
+from infinisynth.llm.limits import RoleLimiter, limits_url, open_store
 from infinisynth.llm.reasons import (
     API_ERROR,
     BROKEN_RESPONSE,
@@ -43,6 +44,9 @@ from infinisynth.llm.reasons import (
 from infinisynth.llm.roles import UNCACHED_ROLES, RoleConfig
 from infinisynth.llm.structured import InvalidAnswer, parse_answer, response_format, with_schema_instruction
 from infinisynth.llm.usage import UsageMeter
+
+if TYPE_CHECKING:
+    from infinisynth.llm.batch import BatchCollector
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +117,14 @@ class LLMClient:
         self.usage = usage if usage is not None else UsageMeter()
         self.cache = cache if config.role not in UNCACHED_ROLES else None
         self._openai: openai.AsyncOpenAI | None = None
-        self._slots = asyncio.Semaphore(config.max_concurrency)
-        self._requests = AsyncLimiter(config.requests_per_minute, 60) if config.requests_per_minute else None
-        self._tokens = AsyncLimiter(config.tokens_per_minute, 60) if config.tokens_per_minute else None
+        self.limiter: RoleLimiter | None = None  # the role's shared limits, while entered
+        # Batch mode (llm/batch.py): set by the shard runner; consulted in _post before any request.
+        self.collector: BatchCollector | None = None
+
+    @property
+    def concurrency_now(self) -> int:
+        """The role's in-flight limit now: ``max_concurrency`` until overload lowers it (AIMD)."""
+        return self.limiter.current if self.limiter is not None else self.config.max_concurrency
 
     @property
     def role(self) -> str:
@@ -126,12 +135,13 @@ class LLMClient:
             max_connections=self.config.max_concurrency,
             max_keepalive_connections=self.config.max_concurrency,
         )
+        self.limiter = RoleLimiter(self.config, open_store(limits_url(self.config.limits_url)))
         self._openai = openai.AsyncOpenAI(
             base_url=self.config.base_url,
             api_key=self.config.api_key.get_secret_value(),
             max_retries=self.config.max_retries,
             timeout=self.config.timeout_s,
-            http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.config.timeout_s),
+            http_client=_LimitedHttpClient(self.limiter, limits=limits, timeout=self.config.timeout_s),
         )
         return self
 
@@ -139,6 +149,10 @@ class LLMClient:
         if self._openai is not None:
             await self._openai.close()
             self._openai = None
+        if self.limiter is not None:
+            await self.limiter.aclose()
+            await self.limiter.store.aclose()
+            self.limiter = None
         if self.cache is not None:
             await self.cache.flush()  # every answer of this client is stored before it is gone
 
@@ -202,32 +216,36 @@ class LLMClient:
         return answer
 
     async def _post(self, path: str, request: dict[str, Any], cast_to: type[R], stage: str, read: Callable[[R], A], what: str) -> A:
-        """One request through the OpenAI client (its retries, its parsing) within the role's slots.
+        """One request through the OpenAI client (its retries, its parsing); each HTTP attempt takes
+        the role's limits (:class:`_LimitedHttpClient`).
 
         ``read`` takes what the caller needs from the response; an HTTP 200 body that is not JSON
         or does not read as ``what`` (a proxy's HTML page, a cut-off body, JSON of another shape)
         is retried like a 5xx, with the same bound and backoff, and then is ``broken_response``.
         """
         assert self._openai is not None
+        if self.collector is not None:  # batch mode: the provider batch's answer, or "awaiting batch"
+            answered = self.collector.answer(self, path, request, stage)
+            if answered is not None:
+                return self.collector.read(self, answered, cast_to, read, what)
         attempts = self.config.max_retries + 1
-        async with self._slots:
-            for attempt in range(attempts):
-                try:
-                    # The client's generic post() keeps its retries and response parsing but skips the
-                    # recursive transform of typed params: about a fifth of its CPU per request, and
-                    # we build the body ourselves anyway.
-                    return read(await self._openai.post(path, body=request, cast_to=cast_to))
-                except openai.APIError as exc:
-                    self.usage.record(self.role, stage, failed=True)
-                    raise self._rejection_for(exc) from None
-                except json.JSONDecodeError as exc:
-                    # The OpenAI client lets the decoder's error escape: it would fail the whole shard.
-                    problem, body = f"a body that is not JSON ({exc.msg})", exc.doc
-                except (_BrokenBody, *_WRONG_SHAPE):
-                    problem, body = f"a body that is not {what}", None
-                if attempt + 1 < attempts:
-                    log.debug("%s/%s: HTTP 200 with %s; retrying (attempt %d of %d)", self.role, stage, problem, attempt + 1, attempts)
-                    await asyncio.sleep(_backoff(attempt))
+        for attempt in range(attempts):
+            try:
+                # The client's generic post() keeps its retries and response parsing but skips the
+                # recursive transform of typed params: about a fifth of its CPU per request, and
+                # we build the body ourselves anyway.
+                return read(await self._openai.post(path, body=request, cast_to=cast_to))
+            except openai.APIError as exc:
+                self.usage.record(self.role, stage, failed=True)
+                raise self._rejection_for(exc) from None
+            except json.JSONDecodeError as exc:
+                # The OpenAI client lets the decoder's error escape: it would fail the whole shard.
+                problem, body = f"a body that is not JSON ({exc.msg})", exc.doc
+            except (_BrokenBody, *_WRONG_SHAPE):
+                problem, body = f"a body that is not {what}", None
+            if attempt + 1 < attempts:
+                log.debug("%s/%s: HTTP 200 with %s; retrying (attempt %d of %d)", self.role, stage, problem, attempt + 1, attempts)
+                await asyncio.sleep(_backoff(attempt))
         self.usage.record(self.role, stage, failed=True)
         raise LLMRejection(
             BROKEN_RESPONSE,
@@ -381,12 +399,11 @@ class LLMClient:
         self.cache.put(key, value)
 
     async def _throttle(self, messages: list[dict[str, str]], max_tokens: int) -> None:
-        if self._requests is not None:
-            await self._requests.acquire()
-        if self._tokens is not None:
+        """The call's share of the role's tokens per minute (requests are counted per HTTP attempt)."""
+        assert self.limiter is not None
+        if self.config.tokens_per_minute:
             # A cheap upper-bound estimate: about 4 characters per token plus the full budget.
-            estimate = sum(len(m["content"]) for m in messages) // 4 + max_tokens
-            await self._tokens.acquire(min(estimate, self._tokens.max_rate))
+            await self.limiter.spend_tokens(sum(len(m["content"]) for m in messages) // 4 + max_tokens)
 
     def _rejection_for(self, exc: openai.APIError) -> LLMRejection:
         attempts = self.config.max_retries + 1
@@ -417,6 +434,24 @@ class LLMClient:
     def _redact(self, text: str) -> str:
         secret = self.config.api_key.get_secret_value()
         return text.replace(secret, "***") if secret and len(secret) >= 4 else text
+
+
+class _LimitedHttpClient(openai.DefaultAsyncHttpxClient):
+    """The OpenAI client's HTTP client, with the role's limits around every attempt it sends.
+
+    The OpenAI client retries 429s and 5xx itself: each retry passes here too, so it takes a slot
+    and a request of the budget, and AIMD and the Retry-After hold-off see every answer.
+    """
+
+    def __init__(self, limiter: RoleLimiter, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._limiter = limiter
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        async with self._limiter.attempt() as started:
+            response = await super().send(request, **kwargs)  # the body is read (no streaming)
+            await self._limiter.observe(started, response.status_code, response.headers)
+            return response
 
 
 def _read_chat(response: ChatCompletion) -> ChatAnswer:

@@ -25,8 +25,14 @@ ENDPOINT_REFUSED = "endpoint_refused"  # 401/403/404: the endpoint, key or model
 API_ERROR = "api_error"  # any other failure of the call the OpenAI client reports
 REQUEST_REJECTED = "request_rejected"
 INVALID_OUTPUT = "invalid_output"
+# Batch mode (llm/batch.py): the request waits in a provider batch, or its batch item did not
+# complete (the batch failed, expired or was cancelled, or the line is in its error file).
+AWAITING_BATCH = "awaiting_batch"
+BATCH_FAILED = "batch_failed"
 
-TRANSIENT_REASONS = frozenset({RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION_ERROR, BROKEN_RESPONSE, ENDPOINT_REFUSED, API_ERROR})
+TRANSIENT_REASONS = frozenset(
+    {RATE_LIMITED, SERVER_ERROR, TIMEOUT, CONNECTION_ERROR, BROKEN_RESPONSE, ENDPOINT_REFUSED, API_ERROR, AWAITING_BATCH, BATCH_FAILED}
+)
 
 
 def is_transient(reason: str) -> bool:

@@ -14,6 +14,7 @@ ROLES = ("generator", "judge", "tagger", "oracle", "base", "target")
 UNCACHED_ROLES = frozenset({"target"})
 
 StructuredMode = Literal["json_schema", "json_object", "prompt"]
+CallMode = Literal["online", "batch"]
 
 
 class RoleConfig(BaseModel):
@@ -29,13 +30,30 @@ class RoleConfig(BaseModel):
     structured_output: StructuredMode = "json_schema"
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(1024, gt=0)
+    # Limits hold across every task and worker of the deployment (llm/limits.py), keyed by
+    # endpoint + model + API key: roles that share those share one budget.
     max_concurrency: int = Field(8, gt=0)
+    min_concurrency: int = Field(1, gt=0)  # the floor of the adaptive limit
+    adaptive: bool = True  # 429/503/latency halve the in-flight limit; successes raise it again
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
+    # Where the shared budget lives: redis://host:6379/1 or sqlite:///path; default: the
+    # INFINISYNTH_LIMITS_URL variable, else a SQLite file in ~/.cache/infinisynth/.
+    limits_url: str | None = None
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)  # transport: 429, 5xx, timeouts, dropped connections
     max_invalid_retries: int = Field(2, ge=0)  # answers that do not validate
     seed: int | None = None
+    # Dollars per million tokens (infinisynth.llm.prices.Price keys: input, output, cached_input,
+    # batch_discount ...); None: the Variable infinisynth_prices, then the built-in table. Not part
+    # of the generation config: a new price never invalidates a cached answer.
+    price: dict[str, float] | None = None
+    # Batch mode (llm/batch.py): a model stage of this role sends its requests as one provider
+    # batch (/v1/files + /v1/batches, half the price) and its task defers until the batch is done.
+    mode: CallMode = "online"
+    batch_completion_window: str = "24h"
+    batch_poll_seconds: float = Field(60.0, gt=0)
+    batch_max_rounds: int = Field(3, ge=1)  # batches per shard (re-asks, follow-up calls); then online
 
     @field_validator("base_url")
     @classmethod
@@ -54,5 +72,5 @@ class RoleConfig(BaseModel):
         return self.model_dump(include={"model", "structured_output", "temperature", "max_tokens", "seed", "max_invalid_retries"})
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings fit for logs, XCom and manifests: no API key."""
-        return self.model_dump(exclude={"api_key"})
+        """Settings fit for logs, XCom and manifests: no API key (nor the limits store's URL)."""
+        return self.model_dump(exclude={"api_key", "limits_url"})

@@ -190,6 +190,10 @@ def begin(
     needs_latest = not triggering and not (settings.target_base_url or settings.target_model)
     target, trigger, event = resolve_target(settings, triggering, latest() if needs_latest else None)
     store = store_for(settings.storage_root or None, lookup)
+    if settings.estimate:  # a projection run claims its iteration apart from the real ones
+        from infinisynth.estimate import scratch_store
+
+        store = scratch_store(store, PIPELINE)
     run = start(store, run_id=run_id, date=date, target=target, trigger=trigger, event=event, settings=settings)
     return {**run, "settings": values}
 
