@@ -1,6 +1,6 @@
 """Lint gate throughput: batched linter processes versus one linter process per sample.
 
-    python benchmarks/bench_lint_gate.py [--samples 2000] [--subset 200] [--per-language 200]
+    python benchmarks/bench_lint_gate.py [--samples 2000] [--subset 200] [--per-language 200] [--reference-subset 40]
 
 1. 2,000 generated Python samples (functions, classes, stdlib imports; about 12% broken: syntax
    errors, undefined names) through :class:`LocalGate`, then one pylint process per sample with
@@ -8,12 +8,17 @@
    in the same run. The per-process way costs about 0.4 s a sample, so it is timed on a random
    subset (``--subset``, default 200; ``--subset 0`` = all) and its throughput extrapolated;
    verdicts (pass/fail and every (rule, line)) are compared on that subset and must be identical.
-   Both ways use the same parallelism (one process per core). The gate must be at least 50 times
-   faster.
+   Both ways use the same parallelism (one process per core). PyLint must be at least 100 times
+   faster (wall clock or CPU per sample), ESLint at least 50.
 2. The same for ESLint over generated JavaScript.
-3. Samples per second through the gate for every other language it checks.
+3. Samples per second and linter CPU per sample through the gate for every other language it
+   checks. For C++ and SQL also the gate as it was before issue 17 (plain clang-tidy, one
+   ``sqlfluff lint`` process per dialect with the Python parser: ``ClangTidy(fast=False)``,
+   :class:`ReferenceSQLFluff`) over the same samples, with every verdict compared, and one reference
+   process per sample on a random subset (``--reference-subset``), verdicts compared too. Both
+   must be identical, and the gate at least 3 times faster than before.
 
-Exits non-zero if verdicts differ or a ratio is under 50. Results go into docs/BENCHMARKS.md.
+Exits non-zero if verdicts differ or a ratio is under its floor. Results go into docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -25,19 +30,30 @@ import os
 import random
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from infinisynth.verify import sandbox  # noqa: E402
 from infinisynth.verify.gate import GateSettings, LocalGate  # noqa: E402
 from infinisynth.verify.linters import (  # noqa: E402
+    CONFIG_DIR,
     Batch,  # noqa: E402
+    BatchFindings,
+    ClangTidy,
     ESLint,
     Linter,
+    LinterError,
     Pylint,
+    Runner,
+    SQLFluff,
+    _json,
+    _message,
 )
-from infinisynth.verify.model import LintItem  # noqa: E402
+from infinisynth.verify.model import Finding, LintItem  # noqa: E402
 
-MIN_RATIO = 50.0
+MIN_RATIO = {"pylint (python)": 100.0, "eslint (javascript)": 50.0}
+MIN_SPEEDUP = 3.0  # C++ and SQL against the gate before issue 17
 NAMES = ["values", "items", "data", "records", "numbers", "words", "rows", "entries"]
 
 
@@ -224,22 +240,102 @@ async def compare(label: str, linter: Linter, items: list[LintItem], subset: int
     return report
 
 
-async def other_languages(per_language: int, workers: int, rng: random.Random) -> list[dict]:
+class ReferenceSQLFluff(SQLFluff):
+    """The SQL linting of the gate before issue 17, kept as the reference: one ``sqlfluff lint``
+    process per dialect (each loading SQLFluff, and its dialect for every file, again), always with
+    SQLFluff's Python parser. The gate now tries every dialect in one process and parses with the
+    Rust parser when ``sqlfluffrs`` is installed."""
+
+    def __init__(self) -> None:
+        text = (CONFIG_DIR / "sqlfluff.cfg").read_text()
+        self._config = Path(tempfile.mkdtemp(prefix="bench-sqlfluff-")) / "sqlfluff.cfg"
+        assert "use_rust_parser = auto" in text
+        self._config.write_text(text.replace("use_rust_parser = auto", "use_rust_parser = False"))
+
+    async def lint(self, batch: Batch, run: Runner) -> BatchFindings:
+        first: dict[str, list[Finding]] = {}
+        remaining = list(batch.names)
+        for dialect in self.DIALECTS:
+            found = await self._lint_dialect(remaining, dialect, run)
+            first = first or found
+            remaining = [name for name in remaining if found[name]]
+            if not remaining:
+                break
+        return BatchFindings({name: first[name] if name in remaining else [] for name in batch.names})
+
+    async def _lint_dialect(self, names: list[str], dialect: str, run: Runner) -> dict[str, list[Finding]]:
+        done = await run(
+            [sys.executable, "-I", "-m", "sqlfluff", "lint", "--config", str(self._config), "--ignore-local-config", "--dialect", dialect]
+            + ["--format", "json", "--nocolor", "--disable-progress-bar", *names]
+        )
+        if done.returncode not in (0, 1):
+            raise LinterError(f"sqlfluff exited with {done.returncode}: {done.stderr_tail()}")
+        found = {
+            Path(result["filepath"]).name: [
+                Finding(self.tool, v["code"], int(v.get("start_line_no") or 0), _message(f"{dialect}: {v['description']}"))
+                for v in result["violations"]
+            ]
+            for result in _json(done.stdout, self.tool)
+        }
+        return {name: found[name] for name in names}
+
+
+# The gate before issue 17, for the languages it made faster: (reference linter, what changed).
+BEFORE = {
+    "cpp": (lambda: ClangTidy(fast=False), "plain clang-tidy: no precompiled headers, every check on every file"),
+    "sql": (ReferenceSQLFluff, "one sqlfluff process per dialect, Python parser"),
+}
+
+
+async def gate_run(gate: LocalGate, items: list[LintItem]) -> tuple[float, float, dict[str, tuple]]:
+    """Wall seconds, linter CPU seconds and verdicts of one gate call."""
+    cpu = children_cpu()
+    seconds, verdicts = await through_gate(gate, items)
+    return seconds, children_cpu() - cpu, verdicts
+
+
+async def other_languages(per_language: int, reference_subset: int, workers: int, rng: random.Random) -> list[dict]:
     rows = []
     for language, make in OTHER_SAMPLES.items():
         items = [LintItem(f"{language}-{n}", language, make(n, rng.random() < 0.12)) for n in range(per_language)]
-        gate = LocalGate(GateSettings(workers=workers))
-        seconds, verdicts = await through_gate(gate, items)
-        rows.append(
-            {
-                "language": language,
-                "samples": len(items),
-                "failed": sum(not v[0] for v in verdicts.values()),
-                "seconds": round(seconds, 2),
-                "samples_per_s": round(len(items) / seconds, 1),
+        seconds, cpu, verdicts = await gate_run(LocalGate(GateSettings(workers=workers)), items)
+        row: dict = {
+            "language": language,
+            "samples": len(items),
+            "failed": sum(not v[0] for v in verdicts.values()),
+            "seconds": round(seconds, 2),
+            "samples_per_s": round(len(items) / seconds, 1),
+            "cpu_ms_per_sample": round(1000 * cpu / len(items), 1),
+            "load_average": os.getloadavg()[0],
+        }
+        line = f"{language}: {len(items)} samples in {seconds:.1f} s = {len(items) / seconds:.0f}/s, {row['cpu_ms_per_sample']:.0f} ms CPU each ({row['failed']} fail)"
+        if language in BEFORE:
+            make_reference, how = BEFORE[language]
+            reference = make_reference()
+            before_seconds, before_cpu, before = await gate_run(
+                LocalGate(GateSettings(workers=workers), linters={language: [reference]}), items
+            )
+            sample = rng.sample(items, reference_subset) if 0 < reference_subset < len(items) else items
+            _, solo = await one_process_per_sample(reference, sample, workers)
+            row |= {
+                "before": how,
+                "before_seconds": round(before_seconds, 2),
+                "before_samples_per_s": round(len(items) / before_seconds, 1),
+                "before_cpu_ms_per_sample": round(1000 * before_cpu / len(items), 1),
+                "speedup": round(before_seconds / seconds, 1),
+                "cpu_speedup": round(before_cpu / cpu, 1),
+                "verdicts_differ_from_before": [i.id for i in items if verdicts[i.id] != before[i.id]][:10],
+                "per_process_compared": len(sample),
+                "verdicts_differ_from_per_process": [i.id for i in sample if verdicts[i.id] != solo[i.id]][:10],
             }
-        )
-        print(f"{language}: {len(items)} samples in {seconds:.1f} s = {len(items) / seconds:.0f}/s ({rows[-1]['failed']} fail)", flush=True)
+            line += (
+                f"; before: {before_seconds:.1f} s = {len(items) / before_seconds:.0f}/s, {row['before_cpu_ms_per_sample']:.0f} ms CPU each"
+                f" -> {row['speedup']:.1f}x wall, {row['cpu_speedup']:.1f}x CPU; verdicts identical to before on "
+                f"{len(items) - len(row['verdicts_differ_from_before'])}/{len(items)}, to one reference process per sample on "
+                f"{len(sample) - len(row['verdicts_differ_from_per_process'])}/{len(sample)}"
+            )
+        rows.append(row)
+        print(line, flush=True)
     return rows
 
 
@@ -248,6 +344,7 @@ async def main() -> int:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--subset", type=int, default=200, help="per-process runs timed (0 = all samples)")
     parser.add_argument("--per-language", type=int, default=200)
+    parser.add_argument("--reference-subset", type=int, default=40, help="C++/SQL samples also run one reference process each")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -260,7 +357,7 @@ async def main() -> int:
         await compare("pylint (python)", Pylint(), python_items, args.subset, workers, rng),
         await compare("eslint (javascript)", ESLint(), js_items, args.subset, workers, rng),
     ]
-    languages = await other_languages(args.per_language, workers, rng)
+    languages = await other_languages(args.per_language, args.reference_subset, workers, rng)
     languages = [
         {
             "language": "python",
@@ -279,9 +376,19 @@ async def main() -> int:
         *languages,
     ]
     print(json.dumps({"comparisons": reports, "languages": languages}, indent=2))
-    failures = [r["tool"] for r in reports if r["verdicts_differ"] or r["ratio"] < MIN_RATIO]
+    failures = [r["tool"] for r in reports if r["verdicts_differ"] or max(r["ratio"], r["cpu_ratio"]) < MIN_RATIO[r["tool"]]]
+    failures += [
+        r["language"]
+        for r in languages
+        if "before" in r
+        and (r["verdicts_differ_from_before"] or r["verdicts_differ_from_per_process"] or max(r["speedup"], r["cpu_speedup"]) < MIN_SPEEDUP)
+    ]
     if failures:
-        print(f"FAILED: {failures} (verdicts must be identical and the gate at least {MIN_RATIO:.0f}x faster)", file=sys.stderr)
+        print(
+            f"FAILED: {failures} (verdicts must be identical; floors: {MIN_RATIO} against one process per sample, "
+            f"{MIN_SPEEDUP:.0f}x for C++ and SQL against the gate before)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

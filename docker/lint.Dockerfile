@@ -3,16 +3,17 @@
 #   docker build -f docker/lint.Dockerfile -t infinisynth-lint .
 FROM python:3.11-slim-bookworm
 
-# Java (javac + Checkstyle), Clang-Tidy, Node for ESLint: Debian's packages, as on the dev machines.
+# Java (javac + Checkstyle), Clang-Tidy, Node for ESLint: Debian's packages, as on the dev machines;
+# bubblewrap and util-linux (setpriv) for /v1/execute's sandbox (user namespaces must be allowed).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends checkstyle clang-tidy default-jdk-headless nodejs npm curl \
+ && apt-get install -y --no-install-recommends checkstyle clang-tidy default-jdk-headless nodejs npm curl bubblewrap util-linux \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
 # Python linters and the service's libraries at the project's pins (requirements.txt as constraints).
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -c /tmp/requirements.txt \
-      pylint sqlfluff tree-sitter tree-sitter-language-pack fastapi uvicorn pydantic pyarrow markdown-it-py jinja2 httpx \
+      pylint sqlfluff sqlfluffrs tree-sitter tree-sitter-language-pack fastapi uvicorn pydantic pyarrow markdown-it-py jinja2 httpx \
  && rm /tmp/requirements.txt
 # ESLint and its parsers from the lock file.
 COPY tools/eslint/package.json tools/eslint/package-lock.json tools/eslint/

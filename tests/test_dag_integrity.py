@@ -115,6 +115,7 @@ SETTINGS = {
     "subject_instruct": ("infinisynth.specs.subject_instruct", "SubjectSettings"),
     "deficiency_diagnosis": ("infinisynth.specs.deficiency_diagnosis", "DiagnosisSettings"),
     "register_model": ("infinisynth.specs.deficiency_diagnosis", "ModelRegistration"),
+    "release": ("infinisynth.specs.release", "ReleaseSettings"),
 }
 
 
@@ -133,6 +134,17 @@ def test_every_dags_params_are_its_settings_fields_with_their_defaults():
 def test_the_trigger_form_accepts_every_pipelines_defaults():
     """A DAG whose default Params do not validate has a disabled Trigger button in the UI."""
     dags = parse_dags()["dags"]
-    for dag_id in ("code_instruct", "subject_instruct", "deficiency_diagnosis"):
+    for dag_id in ("code_instruct", "subject_instruct", "deficiency_diagnosis", "release"):
         assert dags[dag_id]["defaults_valid"], dag_id
     assert not dags["register_model"]["defaults_valid"]  # it asks for the model's endpoint and id
+
+
+def test_release_dag_shape():
+    """Built from the pipelines' dataset assets, runnable by hand for a date range."""
+    dag = parse_dags()["dags"]["release"]
+    assert dag["tasks"] == ["gather_candidates", "deduplicate", "decontaminate", "export_release"]
+    for asset in ("code_instruct.dataset", "subject_instruct.dataset", "diagnosis.dataset"):
+        assert asset in dag["schedule"]
+    for param in ("start_date", "end_date", "version", "semantic_duplicate_threshold", "decontam_ngram", "decontam_max_cosine", "license"):
+        assert param in dag["params"]
+    assert dag["defaults"]["benchmarks"] == ["humaneval"] and dag["defaults"]["decontam_ngram"] == 13

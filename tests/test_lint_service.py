@@ -171,3 +171,81 @@ def _post_invalid(client: LintServiceClient) -> None:
             await client._post(http, [{"id": "x", "language": "python"}])  # no code: the service says 422
 
     asyncio.run(go())
+
+
+def test_empty_code_too_large_code_and_too_deep_nesting_fail_with_their_reasons_over_http(service):
+    comments = {
+        "python": "# TODO\n",
+        "javascript": "// TODO\n",
+        "jsx": "/* TODO */",
+        "typescript": "/** TODO */\n",
+        "tsx": "// TODO",
+        "java": "// class Main {}\n",
+        "c": "/* int main(void); */\n",
+        "cpp": "// int main();\n",
+        "sql": "-- SELECT 1;\n",
+        "go": "// package main\n",
+        "rust": "// fn main() {}\n",
+        "shell": "# echo hi\n",
+    }
+    items = []
+    for language, comment in comments.items():
+        items += [
+            {"id": f"{language}:empty", "language": language, "code": ""},
+            {"id": f"{language}:blank", "language": language, "code": "  \n\t\n"},
+            {"id": f"{language}:comment", "language": language, "code": comment},
+        ]
+    items += [
+        {"id": "deep", "language": "cpp", "code": "int x = " + "(" * 300 + "1" + ")" * 300 + ";\n"},
+        {"id": "big", "language": "python", "code": "#" * 60_000 + "\n"},  # over the service's 50,000
+        {"id": "ok", "language": "python", "code": "# a comment\nprint(1)\n"},
+    ]
+    with running_service("--max-code-bytes", "50000") as (url, _):
+        response = httpx.post(f"{url}/v1/lint", json={"items": items}, timeout=120)
+    assert response.status_code == 200, response.text
+    results = {r["id"]: r for r in response.json()["results"]}
+    for language in comments:
+        for kind in ("empty", "blank", "comment"):
+            result = results[f"{language}:{kind}"]
+            assert not result["passed"], (language, kind)
+            assert [(f["tool"], f["rule"]) for f in result["findings"]] == [("gate", "empty_code")], (language, kind, result)
+    assert [(f["tool"], f["rule"]) for f in results["deep"]["findings"]] == [("gate", "nesting_too_deep")]
+    assert [f["rule"] for f in results["big"]["findings"]] == [CODE_TOO_LARGE]
+    assert results["ok"]["passed"]
+
+    # The client gives the same verdicts as the local gate.
+    lint_items = [LintItem(item["id"], item["language"], item["code"]) for item in items if item["id"] != "big"]
+    remote = asyncio.run(LintServiceClient(service).check(lint_items))
+    local = asyncio.run(LocalGate().check(lint_items))
+    assert [(r.passed, r.findings) for r in remote] == [(r.passed, r.findings) for r in local]
+    assert all(r.gate_reason == "empty_code" for r in remote[: 3 * len(comments)])
+
+
+def test_execute_runs_solutions_with_their_tests_in_the_sandbox(service):
+    assert httpx.get(f"{service}/healthz").json()["sandbox"]["available"] is True
+    solution = "def add(a, b):\n    return a + b\n"
+    items = [
+        {"id": "pass", "language": "python", "code": solution, "tests": "assert add(2, 3) == 5\n"},
+        {"id": "fail", "language": "python", "code": solution, "tests": "assert add(2, 3) == 5\nassert add(2, 2) == 5\n"},
+        {"id": "escape", "language": "python", "code": f"print(open({str(REPO / 'pyproject.toml')!r}).read())\n", "tests": ""},
+        {"id": "flood", "language": "python", "code": "while True:\n    print('x' * 10000)\n", "tests": ""},
+    ]
+    response = httpx.post(f"{service}/v1/execute", json={"items": items}, timeout=120)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == ["pass", "fail", "escape", "flood"]
+    assert [r["verdict"] for r in results] == ["passed", "failed", "error", "killed"]
+    assert results[1]["detail"] == "tests.py line 2: assert add(2, 2) == 5"
+    assert "FileNotFoundError" in results[2]["detail"]
+
+    # The client: same verdicts, ids as given.
+    from infinisynth.verify.execute import ExecItem
+
+    client_items = [ExecItem(f"c-{item['id']}", item["language"], item["code"], item["tests"]) for item in items[:2]]
+    answered = asyncio.run(LintServiceClient(service).execute(client_items))
+    assert [(r.id, r.verdict) for r in answered] == [("c-pass", "passed"), ("c-fail", "failed")]
+
+    bad = httpx.post(f"{service}/v1/execute", json={"items": [{"id": "x", "language": "javascript", "code": "", "tests": ""}]})
+    assert bad.status_code == 422 and "only python" in bad.json()["detail"]
+    missing = httpx.post(f"{service}/v1/execute", json={"items": [{"id": "x", "language": "python", "code": ""}]})
+    assert missing.status_code == 422 and "items.0.tests" in missing.json()["detail"]

@@ -17,7 +17,17 @@ import pytest
 
 from infinisynth.verify.gate import GateSettings, LocalGate
 from infinisynth.verify.linters import Checkstyle, ClangTidy, Pylint
-from infinisynth.verify.model import BINARY_CODE, CODE_TOO_LARGE, GATE_TOOL, LINT_OUTPUT_LIMIT, LINT_TIMEOUT, LinterUnavailable, LintItem
+from infinisynth.verify.model import (
+    BINARY_CODE,
+    CODE_TOO_LARGE,
+    EMPTY_CODE,
+    GATE_TOOL,
+    LINT_OUTPUT_LIMIT,
+    LINT_TIMEOUT,
+    NESTING_TOO_DEEP,
+    LinterUnavailable,
+    LintItem,
+)
 from infinisynth.verify.responses import NO_CODE, VERDICT_FIELDS, code_blocks, verify_responses
 
 
@@ -229,6 +239,7 @@ def test_oversized_binary_and_non_utf8_code_fail_with_the_reason_and_the_rest_st
     five_mb = "x = 1\n" * (5 * 1024 * 1024 // 6 + 1)
     items = [
         LintItem("huge", "python", five_mb),
+        LintItem("huge-blank", "cpp", " \n" * (200 * 1024)),  # the cap comes first, whatever the code
         LintItem("latin1", "python", "print('caf\xe9')\n".encode("latin-1")),
         LintItem("binary", "c", bytes(range(256)) * 4),
         LintItem("nul", "javascript", "const a = 1;\x00\x01\x02"),
@@ -238,11 +249,158 @@ def test_oversized_binary_and_non_utf8_code_fail_with_the_reason_and_the_rest_st
     ]
     results = check(gate, items)
     assert [f.rule for f in results["huge"].findings] == [CODE_TOO_LARGE]
+    assert results["huge-blank"].gate_reason == CODE_TOO_LARGE
     assert "bytes of code" in results["huge"].findings[0].message
     for key in ("latin1", "binary", "nul", "surrogate"):
         assert [f.rule for f in results[key].findings] == [BINARY_CODE], key
         assert results[key].gate_reason == BINARY_CODE
     assert results["utf8-bytes"].passed and results["ok"].passed
+
+
+# (language, a comment-only sample, the same comment in front of code that passes)
+EMPTY_SAMPLES = [
+    ("python", "# TODO: write the solution\n\n   # later\n", "# solution\nprint(1)\n"),
+    ("javascript", "// TODO\n/* nothing\n   here */\n", "// solution\nconsole.log(1);\n"),
+    ("jsx", "/* a component, some day */", "/* a component */\nexport const A = () => <b>x</b>;\n"),
+    (
+        "typescript",
+        "#!/usr/bin/env node\n/** Adds numbers. */\n",
+        "/** Adds. */\nexport const add = (a: number, b: number): number => a + b;\n",
+    ),
+    ("tsx", "// nothing yet", "// a component\nexport const A = () => <i>y</i>;\n"),
+    ("java", "/** The class goes here. */\n// and its tests\n", "/** A class. */\nclass A { }\n"),
+    ("c", "/* main() would go here */\n", "/* main */\nint main(void) { return 0; }\n"),
+    ("cpp", "// #include <vector>\n/* std::vector<int> v; */\n", "// a function\nint twice(int x) { return 2 * x; }\n"),
+    ("sql", "-- SELECT * FROM users;\n/* nothing */\n", "-- the query\nSELECT 1;\n"),
+    ("go", "// package main\n", "// the package\npackage main\n"),
+    ("rust", "/// docs only\n// fn main() {}\n", "// the program\nfn main() {}\n"),
+    ("shell", "#!/bin/sh\n# rm -rf /tmp/x\n", "# say hi\necho hi\n"),
+    ("ruby", "# puts 1\n", "# print\nputs 1\n"),
+    ("haskell", "-- main = print 1\n{- nothing -}\n", "-- the program\nmain = print 1\n"),
+    ("lua", "-- print(1)\n", "-- print\nprint(1)\n"),
+]
+
+
+def test_empty_whitespace_and_comment_only_code_fails_as_empty_code_in_every_language(gate):
+    items = []
+    for language, comments, code in EMPTY_SAMPLES:
+        items += [
+            LintItem(f"{language}:empty", language, ""),
+            LintItem(f"{language}:blank", language, " \n\t\r\n  \n"),
+            LintItem(f"{language}:comments", language, comments),
+            LintItem(f"{language}:code", language, code),
+        ]
+    results = check(gate, items)
+    for language, _, _ in EMPTY_SAMPLES:
+        for kind in ("empty", "blank", "comments"):
+            result = results[f"{language}:{kind}"]
+            assert not result.passed and result.gate_reason == EMPTY_CODE, (language, kind, result.findings)
+            assert "no code" in result.findings[0].message
+        assert results[f"{language}:code"].passed, (language, results[f"{language}:code"].findings)
+
+
+def test_a_response_whose_code_is_empty_fails_as_empty_code_and_untagged_comments_are_prose(gate):
+    empty_fence = "Here is the solution:\n\n```python\n```\n"
+    blank_fence = "```javascript\n   \n\n```\n"
+    comments_only = "```cpp\n// the solution goes here\n```\n"
+    good_then_empty = "```python\nprint(1)\n```\n\nand\n\n```python\n# nothing\n```\n"
+    untagged_comment = "```python\nprint(sorted([3, 1]))\n```\n\nOutput:\n\n```\n# [1, 3] (sorted)\n```\n"
+    only_untagged_comment = "```\n# [1, 3] = sorted(xs)\n```\n"
+    verdicts = asyncio.run(
+        verify_responses(
+            gate,
+            [
+                (empty_fence, "python"),
+                (blank_fence, "javascript"),
+                (comments_only, "cpp"),
+                (good_then_empty, "python"),
+                (untagged_comment, "python"),
+                (only_untagged_comment, "python"),
+            ],
+        )
+    )
+    assert [(v.passed, v.reason) for v in verdicts[:4]] == [(False, EMPTY_CODE)] * 4
+    assert verdicts[0].summary().startswith("block 0 line 0: gate empty_code: no code")
+    assert [b for b, _ in verdicts[3].findings] == [1]  # the empty block is named
+    assert verdicts[4].passed and verdicts[4].languages == ("python",)
+    assert (verdicts[5].passed, verdicts[5].reason) == (False, NO_CODE)
+
+
+def test_brackets_nested_past_clangs_limit_fail_with_that_reason_and_the_rest_get_verdicts(gate):
+    deep = "int x = " + "(" * 300 + "1" + ")" * 300 + ";\n"
+    deep_braces = "int main() {\n" + "{" * 400 + "}" * 400 + "\n  return 0;\n}\n"
+    items = [
+        LintItem("deep-c", "c", deep),
+        LintItem("deep-cpp", "cpp", "#include <vector>\n" + deep_braces),
+        LintItem("ok", "cpp", "#include <vector>\nint f() { return 1; }\n"),
+        LintItem("bad", "cpp", "#include <vector>\nint f() { return nope; }\n"),
+    ]
+    results = check(gate, items)
+    for key in ("deep-c", "deep-cpp"):
+        (finding,) = results[key].findings
+        assert (finding.tool, finding.rule) == (GATE_TOOL, NESTING_TOO_DEEP), results[key].findings
+        assert "bracket nesting level exceeded maximum of 256" in finding.message and finding.line >= 1
+    assert results["ok"].passed
+    assert [f.rule for f in results["bad"].findings] == ["clang-diagnostic-error"]
+    (verdict,) = asyncio.run(verify_responses(gate, [(f"```c\n{deep}```\n", "c")]))
+    assert (verdict.passed, verdict.reason) == (False, NESTING_TOO_DEEP)
+
+
+# C++ samples whose verdicts the fast path (precompiled include blocks, AST-matcher checks only
+# where they can match) must not change; most share an include block, so they use its header.
+CPP_EQUIVALENCE = {
+    "plain": "#include <vector>\n#include <numeric>\nint f(const std::vector<int>& v) { return std::accumulate(v.begin(), v.end(), 0); }\n",
+    "typo": "#include <vector>\n#include <numeric>\nint g(const std::vector<int>& v) { return std::accumulate(v.begin(), v.end(), zero); }\n",
+    "comment-between": "// sums\n#include <vector>\n\n#include <numeric>  // accumulate\nint h(std::vector<int> v) { return std::accumulate(v.begin(), v.end(), 0); }\n",
+    "missing-include": "#include <vector>\n#include <numeric>\nstd::map<int, int> m;\n",
+    "later-include": "#include <vector>\n#include <numeric>\n#include <map>\nstd::map<int, int> m;\nint k() { return static_cast<int>(m.size()); }\n",
+    "macro-first": "#define _GLIBCXX_DEBUG 1\n#include <vector>\n#include <numeric>\nint f() { std::vector<int> v; return v[0]; }\n",
+    "use-after-move": "#include <vector>\n#include <numeric>\n#include <utility>\nint m() { std::vector<int> a{1}; auto b = std::move(a); return static_cast<int>(a.size() + b.size()); }\n",
+    "pasted-move": "#include <vector>\n#include <numeric>\n#define CAT(a, b) a##b\nint p() { std::vector<int> a{1}; auto b = std::CAT(mo, ve)(a); return static_cast<int>(a.size() + b.size()); }\n",
+    "spliced-move": "#include <vector>\n#include <numeric>\n#include <utility>\nint s() { std::vector<int> a{1}; auto b = std::mo\\\nve(a); return static_cast<int>(a.size() + b.size()); }\n",
+    "dangling": '#include <vector>\n#include <numeric>\n#include <string>\n#include <string_view>\nstd::string_view d() { std::string s = "x"; return s; }\n',
+    "memset": "#include <vector>\n#include <numeric>\n#include <cstring>\n#include <string>\nvoid z(std::string& s) { std::memset(&s, 0, sizeof s); }\n",
+    "undelegated": "#include <vector>\n#include <numeric>\nstruct A { A(int) {} A() { A(1); } };\n",
+    "null-deref": "#include <vector>\n#include <numeric>\nint n() { int* p = nullptr; return *p; }\n",
+    "no-such-header": "#include <vector>\n#include <no_such_header_anywhere.h>\nint q() { return 0; }\n",
+    "no-such-header-2": "#include <vector>\n#include <no_such_header_anywhere.h>\nint r() { return 1; }\n",
+    "assert-twice": "#include <cassert>\n#include <vector>\n#define NDEBUG\n#include <cassert>\nint t() { assert(false); return 0; }\n",
+    "assert-twice-2": "#include <cassert>\n#include <vector>\nint u() { assert(1 + 1 == 2); return 0; }\n",
+    "no-includes": "int w() { return 1 / 0; }\n",
+}
+
+
+def test_the_fast_cpp_path_gives_the_verdicts_of_plain_clang_tidy():
+    fast, plain = ClangTidy(), ClangTidy(fast=False)
+    items = [LintItem(name, "cpp", code) for name, code in CPP_EQUIVALENCE.items()]
+    fast_results = check(LocalGate(GateSettings(workers=2), linters={"cpp": [fast]}), items)
+    plain_results = check(LocalGate(GateSettings(workers=2), linters={"cpp": [plain]}), items)
+    for name in CPP_EQUIVALENCE:
+        assert fast_results[name] == plain_results[name], (name, fast_results[name].findings, plain_results[name].findings)
+    # The cases above exercise what they are meant to: shared headers were precompiled, a header
+    # that does not exist was not, and the bug checks still fire.
+    assert any(path is not None for path in fast._pch.values()) and None in fast._pch.values()
+    for name in ("use-after-move", "pasted-move", "spliced-move", "memset", "undelegated"):
+        assert fast_results[name].findings[0].rule.startswith("bugprone-"), (name, fast_results[name].findings)
+    assert not fast_results["missing-include"].passed and fast_results["later-include"].passed
+
+
+def test_sql_passes_in_any_of_its_dialects_and_reports_ansi_when_none_parses(gate):
+    items = [
+        LintItem("ansi", "sql", "SELECT a, b FROM t WHERE a IN (1, 2) ORDER BY b;\n"),
+        LintItem("tsql", "sql", "SELECT TOP 5 name FROM users ORDER BY name;\n"),
+        LintItem("mysql", "sql", "SELECT `name` FROM `users` LIMIT 1;\n"),
+        LintItem("postgres", "sql", "SELECT '1'::int AS one;\n"),
+        LintItem("bigquery", "sql", "SELECT * FROM `project.dataset.table` WHERE _PARTITIONTIME IS NOT NULL;\n"),
+        LintItem("broken", "sql", "SELECT a FROM t WHERE a > 1 AND\nGROUP BY a;\n"),
+        LintItem("broken-2", "sql", "INSERT INTO VALUES (1);\n"),
+    ]
+    results = check(gate, items)
+    for key in ("ansi", "tsql", "mysql", "postgres", "bigquery"):
+        assert results[key].passed, (key, results[key].findings)
+    for key in ("broken", "broken-2"):
+        assert not results[key].passed
+        assert all(f.tool == "sqlfluff" and f.message.startswith("ansi: ") for f in results[key].findings), results[key].findings
 
 
 def test_a_5_mb_response_is_rejected_as_too_large_without_losing_the_others(gate):
@@ -488,3 +646,31 @@ def test_the_verify_stage_passes_rejects_and_counts_per_language(gate, tmp_path)
     unchecked = asyncio.run(StaticVerification(gate, enabled=False).process_batch(rows))
     assert all(isinstance(o, Passed) and o.rows[0]["lint_passed"] is None and o.rows[0]["lint_reason"] == "not_checked" for o in unchecked)
     pa.Table.from_pylist([o.rows[0] for o in unchecked], schema=VERIFIED_SCHEMA)  # the schema holds them
+
+
+def test_the_verify_stage_rejects_empty_code_with_its_reason(gate):
+    from infinisynth.runner import Passed, Rejected
+    from infinisynth.stages.verify import StaticVerification
+
+    answers = {
+        "python": "```python\n# def solve(): ...\n```",
+        "javascript": "```js\n```",
+        "java": "```java\n   \n```",
+        "sql": "```sql\n-- SELECT 1;\n```",
+        "go": "```go\n// package main\n```",
+        "jsx": "```jsx\n/* <App /> */\n```",
+        "typescript": "```ts\n// export const x: number = 1;\n```",
+        "tsx": "```tsx\n\n```",
+        "c": "```c\n/* int main(void) { return 0; } */\n```",
+        "rust": "```rust\n// fn main() {}\n```",
+        "cpp": "```cpp\nint main() { return 0; }\n```",
+    }
+    rows = [
+        {"id": f"r{n}", "parent_ids": [], "origin": "reverse", "lang": lang, "problem": "p", "response": answer, "provenance": "{}"}
+        for n, (lang, answer) in enumerate(answers.items())
+    ]
+    outcomes = asyncio.run(StaticVerification(gate).process_batch(rows))
+    assert [type(o) for o in outcomes] == [Rejected] * (len(answers) - 1) + [Passed]
+    for outcome in outcomes[:-1]:
+        assert isinstance(outcome, Rejected) and outcome.reason == EMPTY_CODE
+        assert outcome.evidence["lint_findings"][0]["rule"] == EMPTY_CODE

@@ -20,8 +20,10 @@ from infinisynth.model_server import MODEL_ALIAS, embedded_connection, running_m
 from infinisynth.prompts import PROJECT_ROOT
 from infinisynth.report import funnel_report, tables_report
 from infinisynth.settings import default_root, store_for
+from infinisynth.storage import Store
 
 MODEL_BASE_URL = "{model_base_url}"  # replaced by the embedded server's URL once it runs
+DEMO_DATE = "{ds}"  # replaced by the demo's date
 
 # Each pipeline and the run settings that keep it small enough for a 135M model on 2 cores. The
 # tiny model's problems rarely reach the paper's quality bar of 6, so the demo lowers it to 4 to
@@ -58,6 +60,8 @@ DEMO_RUNS: list[tuple[str, dict[str, object]]] = [
             "oracle_verdict": False,
         },
     ),
+    # The night's release of all three: deduplicated, decontaminated, a Hugging Face folder.
+    ("release", {"start_date": DEMO_DATE, "end_date": DEMO_DATE}),
 ]
 
 
@@ -99,19 +103,45 @@ def main(argv: list[str] | None = None) -> None:
             "INFINISYNTH_ROOT": root,
         }
         for dag_id, conf in DEMO_RUNS:
-            conf = {k: base_url if v == MODEL_BASE_URL else v for k, v in conf.items()}
+            conf = {k: base_url if v == MODEL_BASE_URL else args.ds if v == DEMO_DATE else v for k, v in conf.items()}
             run_dag(dag_id, args.ds, conf, env, log_dir)
     print("==> model server stopped", flush=True)
     print(f"\nData for ds={args.ds} under {root}:\n")
     store = store_for(root)
     print(tables_report(store, args.ds))
     for dag_id, _ in DEMO_RUNS:
+        if dag_id == "release":
+            continue  # last, below
         if dag_id == "deficiency_diagnosis":  # partitioned by iteration: show the latest report
             from infinisynth.diagnosis.report import latest_report
 
             print(f"\n{latest_report(store)}")
             continue
         print(f"\n{dag_id} funnel:\n{funnel_report(store, dag_id, args.ds)}")
+    print(f"\n{release_report(store, args.ds)}")
+    print(f"\n{ui_report_lines()}")
+
+
+def ui_report_lines() -> str:
+    """Where the runs' reports are in the Airflow UI (the Synthesis plugin), and how to open it."""
+    from infinisynth.ui_report import report_url
+
+    pipelines = [dag_id for dag_id, _ in DEMO_RUNS if dag_id != "release"]
+    lines = [
+        "The run reports in the Airflow UI: `make ui`, sign in as admin (password in .airflow/simple_auth_manager_passwords.json.generated), then open"
+    ]
+    lines += [f"  {dag_id}: {report_url(dag_id)}" for dag_id in pipelines]
+    return "\n".join(lines)
+
+
+def release_report(store: Store, version: str) -> str:
+    """The release the demo built: its folder, card summary and counts."""
+    import posixpath
+
+    from infinisynth.release.card import summary_lines
+
+    folder = posixpath.join(store.root, "releases", version)
+    return summary_lines(store.read_json(posixpath.join(folder, "report.json")), store.url(folder))
 
 
 if __name__ == "__main__":

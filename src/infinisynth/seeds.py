@@ -53,10 +53,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasketch import MinHash, MinHashLSH
 
 from infinisynth.errors import InputError
 from infinisynth.records import content_id, schema_with
+from infinisynth.release.dedup import SeenTexts
 from infinisynth.stages.base import Rejected, Row, rejected_row
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,6 @@ _ATTEMPTS_PER_SNIPPET = 4  # random runs tried per wanted snippet before giving 
 # A mined block holds this many times the files a language's share needs at snippets_per_file
 # each: real files give ~85% of that on average (stdlib, npm), some none at all.
 _FILES_PER_WANTED_SNIPPET = 2
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _MINHASH_PERMUTATIONS = 64
 _NEAR_DUPLICATE_THRESHOLD = 0.8
 
@@ -787,27 +786,18 @@ def _snippets_from_lines(
 
 
 class _Deduplicator:
-    """Remembers snippets seen so far: exact (whitespace-normalized) and near (MinHash LSH)."""
+    """Remembers snippets seen so far: exact (whitespace-normalized) and near (MinHash LSH over
+    token 3-shingles), through the deduplicator the release shares (:mod:`infinisynth.release.dedup`)."""
 
     def __init__(self, stats: SeedStats) -> None:
         self.stats = stats
-        self.hashes: set[str] = set()
-        self.lsh = MinHashLSH(threshold=_NEAR_DUPLICATE_THRESHOLD, num_perm=_MINHASH_PERMUTATIONS)
+        self.seen = SeenTexts(_NEAR_DUPLICATE_THRESHOLD, _MINHASH_PERMUTATIONS)
 
     def is_new(self, snippet: str) -> bool:
         """True, and remember it, unless ``snippet`` duplicates one seen before."""
-        normalized = " ".join(snippet.split())
-        digest = hashlib.sha256(normalized.encode("utf-8")).hexdigest()
-        if digest in self.hashes:
+        kind = self.seen.check(snippet)
+        if kind == "exact":
             self.stats.snippets_duplicate += 1
-            return False
-        tokens = _TOKEN_RE.findall(snippet)
-        shingles = {" ".join(tokens[i : i + 3]) for i in range(max(1, len(tokens) - 2))}
-        minhash = MinHash(num_perm=_MINHASH_PERMUTATIONS)
-        minhash.update_batch([shingle.encode("utf-8") for shingle in shingles])
-        if self.lsh.query(minhash):
+        elif kind == "near":
             self.stats.snippets_near_duplicate += 1
-            return False
-        self.hashes.add(digest)
-        self.lsh.insert(digest, minhash)
-        return True
+        return kind is None

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from statistics import fmean
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from infinisynth import knowledge_graph as kg
 from infinisynth import seeds
@@ -41,6 +42,7 @@ SEED_QUALITY_STAGE = "seed_quality"
 QUALITY_STAGE = "quality"
 VERIFY_STAGE = "verify"
 DATASET_STAGE = "dataset"
+BELOW_THRESHOLD_STAGE = "below_threshold"  # answered, scoring between answer_threshold and quality_threshold: variants only
 
 __all__ = ["PIPELINE", "SPEC", "CodeInstructSettings", "PlanBackfeed", "PrepareSeeds", "Publish", "SeedProblemQuality"]
 
@@ -201,9 +203,17 @@ class Publish(GlobalStep):
 
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
+        settings: CodeInstructSettings = ctx.settings
         answered = ctx.partition(VERIFY_STAGE).read()
-        dataset, held_out = split_holdout(to_chat_rows(answered), ctx.settings.holdout_fraction)
+        dataset, held_out = split_holdout(to_chat_rows(answered), settings.holdout_fraction)
         write_holdout(ctx.store, PIPELINE, ctx.ds, held_out, {"rows_total": dataset.num_rows + held_out.num_rows})
+        dataset, below = split_threshold(dataset, settings.quality_threshold)
+        if settings.answer_threshold != settings.quality_threshold or ctx.store.partition(PIPELINE, BELOW_THRESHOLD_STAGE, ctx.ds).exists():
+            ctx.store.partition(PIPELINE, BELOW_THRESHOLD_STAGE, ctx.ds).write_and_commit(
+                below,
+                meta={"answer_threshold": settings.answer_threshold, "quality_threshold": settings.quality_threshold},
+                schema=DATASET_SCHEMA,
+            )
         funnel = night_funnel(ctx)
         complexity = complexity_by_origin(ctx.store, ctx.ds)
         log.info("code_instruct %s funnel\n%s", ctx.ds, funnel_table(funnel))
@@ -215,10 +225,21 @@ class Publish(GlobalStep):
         meta = {
             "funnel": funnel,
             "complexity_by_origin": complexity,
-            "held_out": {"rows": held_out.num_rows, "fraction": ctx.settings.holdout_fraction},
+            "held_out": {"rows": held_out.num_rows, "fraction": settings.holdout_fraction},
+            "quality_threshold": settings.quality_threshold,
+            "answer_threshold": settings.answer_threshold,
+            "below_threshold": below.num_rows,
             "sft": SFT_DEFAULTS,
         }
         return StepOutput(dataset, answered.num_rows, meta=meta)
+
+
+def split_threshold(chat: pa.Table, threshold: float) -> tuple[pa.Table, pa.Table]:
+    """(rows scoring at least the publish threshold, the rest): the rest exist only when the
+    pipeline answers from a lower ``answer_threshold``, for the release's lower-threshold variants."""
+    scores = chat.column("quality_mean").to_pylist()
+    mask = pa.array([s is None or s >= threshold for s in scores], pa.bool_())
+    return chat.filter(mask), chat.filter(pc.invert(mask))
 
 
 def complexity_by_origin(store: Store, ds: str) -> dict[str, dict[str, float]]:

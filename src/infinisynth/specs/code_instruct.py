@@ -7,7 +7,7 @@ seeds -> seed_quality (the seeds' own problems, for the complexity-by-origin rep
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from infinisynth.spec import PipelineSettings, PipelineSpec, Step
 from infinisynth.specs.common import LintGate, QualityGate, answered_and_verified
@@ -44,12 +44,27 @@ class CodeInstructSettings(QualityGate, LintGate, PipelineSettings):
     score_seed_problems: bool = Field(
         True, description="Judge the seeds' own problems (Magicoder files) for the complexity-by-origin report"
     )
+    answer_threshold: float | None = Field(
+        None,
+        ge=1,
+        le=10,
+        description="Answer problems scoring at least this (at most quality_threshold; empty = quality_threshold): rows between "
+        "the two are kept apart in below_threshold/ for the release's lower-threshold variants, never published",
+    )
     holdout_fraction: float = Field(
         0.05,
         ge=0,
         lt=1,
         description="Share of published pairs held out (by prompt hash) as the deficiency-diagnosis exam; never in the dataset",
     )
+
+    @model_validator(mode="after")
+    def _answer_threshold(self) -> CodeInstructSettings:
+        if self.answer_threshold is None:
+            self.answer_threshold = self.quality_threshold
+        elif self.answer_threshold > self.quality_threshold:
+            raise ValueError(f"answer_threshold ({self.answer_threshold}) exceeds quality_threshold ({self.quality_threshold})")
+        return self
 
 
 _PROBLEM_CHECKS = {"min_chars": "min_problem_chars"}
@@ -96,7 +111,7 @@ SPEC = PipelineSpec(
             "infinisynth.stages.quality:QualityAssessment",
             upstream=("reverse", "backfeed"),
             task="assess_quality",
-            settings={"samples": "quality_samples", "threshold": "quality_threshold"},
+            settings={"samples": "quality_samples", "threshold": "answer_threshold"},
         ),
         *answered_and_verified("quality"),
         Step(

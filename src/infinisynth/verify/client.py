@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from infinisynth.verify.execute import ExecItem, ExecResult
 from infinisynth.verify.model import BINARY_CODE, CODE_TOO_LARGE, GATE_TOOL, Finding, LintItem, LintResult
 
 _ENVELOPE = 64  # bytes of JSON around each item besides its fields
@@ -90,6 +91,23 @@ class LintServiceClient:
             )
         return [results[index] for index in range(len(items))]
 
+    async def execute(self, items: Sequence[ExecItem]) -> list[ExecResult]:
+        """Run solutions with their tests in the service's sandbox (``POST /v1/execute``), one
+        request of at most ``max_items`` items at a time; raises :class:`LintServiceError` when
+        the service has no sandbox (503 after the retries) or refuses the request."""
+        limits = (await asyncio.to_thread(self.health))["limits"]
+        results: list[ExecResult] = []
+        async with httpx.AsyncClient(timeout=self.timeout) as http:
+            for start in range(0, len(items), limits["max_items"]):
+                chunk = items[start : start + limits["max_items"]]
+                entries = [{"id": str(n), "language": i.language, "code": i.code, "tests": i.tests} for n, i in enumerate(chunk)]
+                answered = await self._post(http, entries, "/v1/execute")
+                results += [
+                    ExecResult(item.id, str(a["verdict"]), str(a["detail"]), float(a["seconds"]))
+                    for item, a in zip(chunk, answered, strict=True)
+                ]
+        return results
+
     # -- HTTP ---------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -116,24 +134,24 @@ class LintServiceClient:
             time.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
-    async def _post(self, http: httpx.AsyncClient, entries: list[dict[str, str]]) -> list[dict[str, Any]]:
+    async def _post(self, http: httpx.AsyncClient, entries: list[dict[str, str]], path: str = "/v1/lint") -> list[dict[str, Any]]:
         body = json.dumps({"items": entries}).encode("utf-8", "surrogatepass")
         for attempt in range(self.retries + 1):
             try:
-                response = await http.post(f"{self.url}/v1/lint", content=body, headers={"content-type": "application/json"})
+                response = await http.post(f"{self.url}{path}", content=body, headers={"content-type": "application/json"})
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code == 200:
                     answered = response.json()["results"]
                     if [a["id"] for a in answered] != [e["id"] for e in entries]:
-                        raise LintServiceError(f"POST /v1/lint at {self.url} answered for other items than it was asked about")
+                        raise LintServiceError(f"POST {path} at {self.url} answered for other items than it was asked about")
                     return answered
                 problem = _problem(response)
                 if response.status_code not in _RETRY_STATUS:
-                    raise LintServiceError(f"POST /v1/lint at {self.url}: {problem}")
+                    raise LintServiceError(f"POST {path} at {self.url}: {problem}")
             if attempt == self.retries:
-                raise LintServiceError(f"POST /v1/lint at {self.url} failed after {self.retries + 1} attempts: {problem}")
+                raise LintServiceError(f"POST {path} at {self.url} failed after {self.retries + 1} attempts: {problem}")
             await asyncio.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 

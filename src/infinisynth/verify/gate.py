@@ -23,11 +23,13 @@ from pathlib import Path
 
 from infinisynth.records import content_id
 from infinisynth.verify import sandbox
+from infinisynth.verify.empty import is_empty
 from infinisynth.verify.languages import supported
 from infinisynth.verify.linters import Batch, Linter, LinterError, default_linters
 from infinisynth.verify.model import (
     BINARY_CODE,
     CODE_TOO_LARGE,
+    EMPTY_CODE,
     GATE_TOOL,
     LINT_CRASH,
     LINT_MEMORY,
@@ -116,7 +118,7 @@ class LocalGate:
         samples: dict[tuple[str, str], _Sample] = {}
         first_of: list[int] = []  # item index -> the index whose verdict it shares
         for index, item in enumerate(items):
-            code, problem = self._admit(item.code)
+            code, problem = self._admit(item.code, item.language)
             if problem is not None:
                 findings[index] = [problem]
                 first_of.append(index)
@@ -143,8 +145,9 @@ class LocalGate:
             results.append(LintResult(item.id, not found_here, tuple(found_here[: self.settings.max_findings]), tools[item.language]))
         return results
 
-    def _admit(self, code: str | bytes) -> tuple[str, Finding | None]:
-        """The code as text with Unix line ends, or why it cannot be checked at all."""
+    def _admit(self, code: str | bytes, language: str) -> tuple[str, Finding | None]:
+        """The code as text with Unix line ends, or why it cannot be checked at all (or need not be:
+        nothing but whitespace and comments fails as ``empty_code`` without a linter)."""
         if isinstance(code, bytes):
             try:
                 code = code.decode("utf-8")
@@ -160,10 +163,17 @@ class LocalGate:
             return "", Finding(
                 GATE_TOOL, CODE_TOO_LARGE, 0, f"{size} bytes of code; the gate checks at most {self.settings.max_code_bytes}"
             )
-        return code.replace("\r\n", "\n").replace("\r", "\n"), None
+        code = code.replace("\r\n", "\n").replace("\r", "\n")
+        if is_empty(code, language):
+            return "", Finding(GATE_TOOL, EMPTY_CODE, 0, "no code: the sample is empty or holds only whitespace and comments")
+        return code, None
 
     def _batches(self, linter: Linter, samples: list[_Sample]) -> list[list[_Sample]]:
-        """Even batches of at most ``linter.max_batch``, and at least one per worker when possible."""
+        """Even batches of at most ``linter.max_batch``, and at least one per worker when possible;
+        samples the linter can check together cheaply (:meth:`Linter.affinity`) are kept together."""
+        if len(samples) > 1:
+            keys = {sample.key: linter.affinity(sample.code, sample.language) for sample in samples}
+            samples = sorted(samples, key=lambda sample: keys[sample.key])
         count = max(math.ceil(len(samples) / linter.max_batch), min(self.settings.worker_count(), len(samples)))
         size = math.ceil(len(samples) / count)
         return [samples[start : start + size] for start in range(0, len(samples), size)]

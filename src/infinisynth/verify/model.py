@@ -10,6 +10,8 @@ from typing import Protocol
 GATE_TOOL = "gate"
 CODE_TOO_LARGE = "code_too_large"
 BINARY_CODE = "binary_code"
+EMPTY_CODE = "empty_code"  # nothing but whitespace and comments: no answer at all
+NESTING_TOO_DEEP = "nesting_too_deep"  # brackets nested past what the compiler accepts (clang: 256)
 LINT_TIMEOUT = "lint_timeout"
 LINT_OUTPUT_LIMIT = "lint_output_limit"
 LINT_MEMORY = "lint_memory"

@@ -16,6 +16,7 @@ import pyarrow as pa
 from markdown_it import MarkdownIt
 
 from infinisynth.verify.detect import detect_languages
+from infinisynth.verify.empty import is_empty
 from infinisynth.verify.languages import language_of_tag
 from infinisynth.verify.model import GATE_TOOL, Finding, Gate, LintItem, LintResult
 
@@ -108,7 +109,9 @@ async def verify_responses(
             language = languages.get((r, b), tag)
             if isinstance(language, Finding):
                 failures[(r, b)] = language
-            elif language not in (None, "text") and code.strip():
+            elif language not in (None, "text") and (tag is not None or not is_empty(code, language)):
+                # A fence that names a language claims code: empty or comments only, it fails as
+                # empty_code. An untagged block of comments only is prose, like one nothing parses.
                 items.append(LintItem(f"{r}:{b}", language, code))
     results = dict(zip([item.id for item in items], await gate.check(items)))
     language_of = {item.id: item.language for item in items}

@@ -14,6 +14,7 @@ from tree_sitter import Node
 from tree_sitter_language_pack import get_parser
 
 MAX_FINDINGS = 20
+EMPTY = [0, "empty_code", "no code: the sample holds only comments"]
 
 
 def syntax_findings(root: Node, source: bytes) -> list[list[object]]:
@@ -41,7 +42,10 @@ def main(argv: list[str]) -> None:
         record: dict[str, object]
         if mode == "check":
             tree = parsers[grammars[0]].parse(source)
-            record = {"file": path, "findings": syntax_findings(tree.root_node, source)}
+            findings = syntax_findings(tree.root_node, source)
+            if not findings and all("comment" in child.type for child in tree.root_node.named_children):
+                findings = [EMPTY]
+            record = {"file": path, "findings": findings}
         else:
             clean = (g for g in grammars if not parsers[g].parse(source).root_node.has_error)
             record = {"file": path, "grammar": next(clean, None)}

@@ -67,8 +67,11 @@ def batch_dir(parent: str | None = None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def run_bounded(argv: list[str], *, cwd: Path, env: dict[str, str], limits: Limits) -> Completed:
-    """Run ``argv`` to completion or until a limit is hit; never raises for the child's behaviour."""
+async def run_bounded(argv: list[str], *, cwd: Path, env: dict[str, str], limits: Limits, prlimit: bool = True) -> Completed:
+    """Run ``argv`` to completion or until a limit is hit; never raises for the child's behaviour.
+
+    ``prlimit=False``: ``argv`` sets its own resource limits (the execution sandbox does, for the
+    user it runs as); the wall clock and the output bound still hold."""
     cpu_seconds = max(1, int(limits.timeout * 4))  # a backstop for a child that escapes the kill
     prefix = [
         "prlimit",
@@ -78,6 +81,8 @@ async def run_bounded(argv: list[str], *, cwd: Path, env: dict[str, str], limits
         "--core=0",
         "--",
     ]
+    if not prlimit:
+        prefix = []
     process = await asyncio.create_subprocess_exec(
         *prefix,
         *argv,

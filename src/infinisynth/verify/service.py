@@ -1,8 +1,10 @@
 """The lint gate as an HTTP sidecar: the same :class:`LocalGate`, behind FastAPI.
 
-    POST /v1/lint  {"items": [{"id", "language", "code"}]}
-                -> {"results": [{"id", "passed", "findings": [{"tool", "rule", "line", "message"}], "tools": [...]}]}
-    GET  /healthz  -> {"status", "tools": {tool: version}, "fingerprint", "limits"}
+    POST /v1/lint     {"items": [{"id", "language", "code"}]}
+                   -> {"results": [{"id", "passed", "findings": [{"tool", "rule", "line", "message"}], "tools": [...]}]}
+    POST /v1/execute  {"items": [{"id", "language": "python", "code", "tests"}]}
+                   -> {"results": [{"id", "verdict", "detail", "seconds"}]}   (bubblewrap sandbox; 503 without it)
+    GET  /healthz     -> {"status", "tools": {tool: version}, "fingerprint", "limits", "sandbox"}
 
 Results come back in request order with the ids as sent. An item whose language the gate has no
 checker for gets its own failing verdict (rule ``unsupported_language``) rather than failing the
@@ -25,6 +27,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from infinisynth.verify.execute import ExecItem, ExecLimits, Sandbox, SandboxUnavailable
 from infinisynth.verify.gate import GateSettings, LocalGate
 from infinisynth.verify.languages import supported
 from infinisynth.verify.model import GATE_TOOL, Finding, LinterUnavailable, LintItem, LintResult
@@ -54,6 +57,19 @@ class _Request(BaseModel):
     items: list[_Item]
 
 
+class _ExecItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    language: str = Field(min_length=1, max_length=64)
+    code: str
+    tests: str
+
+
+class _ExecRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[_ExecItem]
+
+
 def result_json(result: LintResult) -> dict[str, Any]:
     return {
         "id": result.id,
@@ -63,9 +79,18 @@ def result_json(result: LintResult) -> dict[str, Any]:
     }
 
 
-def create_app(gate: LocalGate | None = None, limits: ServiceLimits = ServiceLimits()) -> FastAPI:
+def create_app(
+    gate: LocalGate | None = None, limits: ServiceLimits = ServiceLimits(), exec_limits: ExecLimits | None = None, exec_slots: int = 0
+) -> FastAPI:
     gate = gate or LocalGate()
+    exec_limits = exec_limits or ExecLimits()
     app = FastAPI(title="infinisynth lint gate", version="1", docs_url=None, redoc_url=None)
+    runner: dict[str, Sandbox] = {}  # built on first use: a missing bwrap fails /v1/execute only
+
+    def sandbox_runner() -> Sandbox:
+        if "sandbox" not in runner:
+            runner["sandbox"] = Sandbox(exec_limits, slots=exec_slots or gate.settings.worker_count())
+        return runner["sandbox"]
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -75,12 +100,17 @@ def create_app(gate: LocalGate | None = None, limits: ServiceLimits = ServiceLim
                 tools[linter.tool] = linter.version
             except LinterUnavailable as exc:
                 missing[linter.tool] = str(exc)
+        try:
+            sandbox_info: dict[str, Any] = {"available": True, "bubblewrap": sandbox_runner().version, "limits": asdict(exec_limits)}
+        except SandboxUnavailable as exc:
+            sandbox_info = {"available": False, "error": str(exc)}
         body = {
             "status": "ok" if not missing else "unavailable",
             "tools": tools,
             "missing": missing,
             "fingerprint": gate.fingerprint(),
             "limits": {**asdict(limits), "max_code_bytes": gate.settings.max_code_bytes},
+            "sandbox": sandbox_info,
         }
         return JSONResponse(body, status_code=200 if not missing else 503)
 
@@ -116,6 +146,26 @@ def create_app(gate: LocalGate | None = None, limits: ServiceLimits = ServiceLim
             results.append(result_json(LintResult(item.id, result.passed, result.findings, result.tools)))
         return JSONResponse({"results": results})
 
+    @app.post("/v1/execute")
+    async def execute(request: Request) -> JSONResponse:
+        request_body = await _read_capped(request, limits.max_body_bytes)
+        try:
+            parsed = _ExecRequest.model_validate_json(request_body)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
+            raise HTTPException(422, f'the body must be {{"items": [{{"id", "language", "code", "tests"}}]}} ({problems})') from None
+        if len(parsed.items) > limits.max_items:
+            raise HTTPException(422, f"{len(parsed.items)} items in one request; the service takes at most {limits.max_items}")
+        unsupported = next((i for i, item in enumerate(parsed.items) if item.language != "python"), None)
+        if unsupported is not None:
+            raise HTTPException(422, f"items.{unsupported}.language: only python solutions can be executed")
+        try:
+            sandboxed = sandbox_runner()
+        except SandboxUnavailable as exc:
+            raise HTTPException(503, f"no sandbox, so nothing is run: {exc}") from None
+        done = await sandboxed.run([ExecItem(item.id, item.language, item.code, item.tests) for item in parsed.items])
+        return JSONResponse({"results": [asdict(result) for result in done]})
+
     return app
 
 
@@ -147,10 +197,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-scale", type=float, default=1.0)
     parser.add_argument("--max-body-bytes", type=int, default=ServiceLimits.max_body_bytes)
     parser.add_argument("--max-items", type=int, default=ServiceLimits.max_items)
+    parser.add_argument("--exec-wall-seconds", type=float, default=ExecLimits.wall_seconds, help="/v1/execute: wall time per run")
+    parser.add_argument("--exec-cpu-seconds", type=int, default=ExecLimits.cpu_seconds, help="/v1/execute: CPU time per run")
+    parser.add_argument("--exec-memory-mb", type=int, default=ExecLimits.memory_mb, help="/v1/execute: address space per process")
+    parser.add_argument("--exec-slots", type=int, default=0, help="/v1/execute: runs at once (0 = the CPUs available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gate = LocalGate(GateSettings(workers=args.workers, max_code_bytes=args.max_code_bytes, timeout_scale=args.timeout_scale))
-    app = create_app(gate, ServiceLimits(max_body_bytes=args.max_body_bytes, max_items=args.max_items))
+    exec_limits = ExecLimits(wall_seconds=args.exec_wall_seconds, cpu_seconds=args.exec_cpu_seconds, memory_mb=args.exec_memory_mb)
+    app = create_app(gate, ServiceLimits(max_body_bytes=args.max_body_bytes, max_items=args.max_items), exec_limits, args.exec_slots)
     log.info("lint gate %s on http://%s:%d", json.dumps({"workers": gate.settings.worker_count()}), args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
 

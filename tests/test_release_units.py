@@ -1,0 +1,121 @@
+"""The release's pure functions, fast (no model): dedup bookkeeping, the n-gram screen, benchmark
+files that cannot be used, mixes. The real embedding model runs in tests/test_release.py."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from infinisynth.release.benchmarks import BenchmarkError, BenchmarkFile, humaneval, load_benchmarks, parse_files, read_file
+from infinisynth.release.decontaminate import BenchmarkIndex, DecontamSettings, screen
+from infinisynth.release.dedup import EMBEDDING_DIM, DedupSettings, ReleasedIndex, SeenTexts, deduplicate
+from infinisynth.release.variants import mix, parse_mix
+
+
+def unit(*hot: int) -> np.ndarray:
+    v = np.zeros(EMBEDDING_DIM, dtype=np.float32)
+    for h in hot:
+        v[h] = 1.0
+    return v / np.linalg.norm(v)
+
+
+def random_unit(text: str) -> np.ndarray:
+    v = np.random.default_rng(zlib.crc32(text.encode())).standard_normal(EMBEDDING_DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def fake_embedder(vectors: dict[str, np.ndarray]):
+    """Given vectors for some texts, unrelated random ones (cosine ~0) for the rest."""
+    return lambda texts: np.stack([vectors.get(t, random_unit(t)) for t in texts]) if texts else np.zeros((0, EMBEDDING_DIM))
+
+
+def test_dedup_names_method_and_counterpart_within_and_across_releases():
+    long = " ".join(f"word{i}" for i in range(40))
+    texts = [
+        "Sort a list.",
+        "SORT a list!!",
+        long,
+        long.replace("word7", "other"),
+        "Reverse a string.",
+        "Flip a string around.",
+        "Parse JSON.",
+    ]
+    close = unit(1) * 4 + unit(2)
+    vectors = {"Reverse a string.": unit(1), "Flip a string around.": close / np.linalg.norm(close)}  # cosine 0.97
+    ids = [f"r{i}" for i in range(len(texts))]
+    first = deduplicate(ids, texts, fake_embedder(vectors), DedupSettings(batch_size=3))  # batches split the groups
+    got = {ids[d.row]: (d.method, d.counterpart) for d in first.duplicates}
+    assert got == {"r1": ("exact", "r0"), "r3": ("near", "r2"), "r5": ("semantic", "r4")}
+    assert first.keep.tolist() == [True, False, True, False, True, False, True]
+    assert first.index.num_rows == 4 and first.index["id"].to_pylist() == ["r0", "r2", "r4", "r6"]
+
+    earlier = ReleasedIndex(DedupSettings())
+    earlier.load(first.index, "v1")
+    second = deduplicate(
+        ["n0", "n1", "n2"], ["sort a LIST", "Flip a string around.", "Something new."], fake_embedder(vectors), DedupSettings(), earlier
+    )
+    assert [(d.method, d.counterpart, d.release) for d in second.duplicates] == [("exact", "r0", "v1"), ("semantic", "r4", "v1")]
+    assert second.keep.tolist() == [False, False, True]
+
+
+def test_seen_texts_is_the_seed_miners_exact_and_near_check():
+    seen = SeenTexts()
+    snippet = "\n".join(f"value_{i} = compute(value_{i - 1}, {i})" for i in range(1, 12))
+    assert seen.check(snippet) is None
+    assert seen.check("  " + snippet.replace("\n", "\n  ")) == "exact"
+    assert seen.check(snippet.replace("compute(value_5, 6)", "compute(value_5, 60)")) == "near"
+    assert seen.check("def other():\n    return 1\n") is None
+
+
+def test_the_ngram_screen_survives_reformatting_and_names_the_item():
+    items = humaneval()
+    index = BenchmarkIndex(items, lambda texts: np.stack([unit(5)] * len(texts)), DecontamSettings(max_cosine=0.99))
+    he = next(i for i in items if i.item == "HumanEval/11")
+    reformatted = "Please do:\n" + "\n".join(line.strip() for line in he.text.splitlines()).replace('"""', "'''")
+    solution = next(i for i in items if i.item == "HumanEval/20").solution
+    prompts = ["Write a haiku about autumn.", reformatted, "Write a function.", "Find numbers close to each other and stuff."]
+    responses = ["Leaves fall.", "ok", f"Here:\n{solution}", "no"]
+    hits = screen(prompts, responses, np.stack([unit(9)] * 4), index)
+    assert [(h.row, h.item, h.measure, h.field) for h in hits] == [
+        (1, "HumanEval/11", "ngram", "prompt"),
+        (2, "HumanEval/20", "ngram", "response"),
+    ]
+
+
+def test_benchmark_files_that_cannot_be_used_fail_loudly(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "fine"}\n{not json\n')
+    with pytest.raises(BenchmarkError, match="broken.jsonl is not valid jsonl"):
+        read_file(BenchmarkFile(url=str(broken)))
+    empty = tmp_path / "empty.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), empty)
+    with pytest.raises(BenchmarkError, match="has no rows"):
+        read_file(BenchmarkFile(url=str(empty)))
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"other": "b"}) + "\n")
+    with pytest.raises(BenchmarkError, match=r"rows \[1\] have no text"):
+        read_file(BenchmarkFile(url=str(partial)))
+    with pytest.raises(BenchmarkError, match="cannot read"):
+        read_file(BenchmarkFile(url="file:///nonexistent/dir/bench.parquet"))
+    with pytest.raises(BenchmarkError, match="unknown built-in"):
+        load_benchmarks(["mbpp"], [])
+    with pytest.raises(BenchmarkError, match="not a benchmark file"):
+        parse_files([{"path": "x.jsonl"}])
+    assert parse_files(["s3://b/x.jsonl"])[0].label == "x"
+
+
+def test_mixes_keep_the_ratio_and_the_other_origins():
+    origins = ["reverse"] * 10 + ["backfeed"] * 4 + ["evolved"] * 3
+    table = pa.table({"id": [f"r{i}" for i in range(len(origins))], "origin": origins})
+    for share, reverse, backfeed in ((1.0, 10, 0), (0.0, 0, 4), (0.5, 4, 4), (0.7, 9, 4)):
+        counts = mix(table, share)["origin"].to_pylist()
+        assert (counts.count("reverse"), counts.count("backfeed"), counts.count("evolved")) == (reverse, backfeed, 3), share
+    assert parse_mix("70/30") == (70, 30)
+    with pytest.raises(ValueError, match="add up to 100"):
+        parse_mix("70/20")
