@@ -4,9 +4,11 @@
 FROM python:3.11-slim-bookworm
 
 # Java (javac + Checkstyle), Clang-Tidy, Node for ESLint: Debian's packages, as on the dev machines;
-# bubblewrap and util-linux (setpriv) for /v1/execute's sandbox (user namespaces must be allowed).
+# bubblewrap and util-linux (setpriv) for /v1/execute's sandbox (user namespaces must be allowed),
+# and Debian's python3-minimal: the sandbox sees only /usr, so tests run with /usr/bin/python3 (and
+# /usr/bin/node), not this image's /usr/local Python.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends checkstyle clang-tidy default-jdk-headless nodejs npm curl bubblewrap util-linux \
+ && apt-get install -y --no-install-recommends checkstyle clang-tidy default-jdk-headless nodejs npm curl bubblewrap util-linux python3-minimal \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

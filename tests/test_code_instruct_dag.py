@@ -158,8 +158,8 @@ def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airfl
         assert set(json.loads(row["provenance"])) >= {"quality", "respond"}
     meta = store.partition("code_instruct", "dataset", ds).manifest().meta
     stages = [entry["stage"] for entry in meta["funnel"]]
-    assert stages == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond", "verify"]
-    by_language = meta["funnel"][-1]["discard_by_language"]
+    assert stages == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond", "verify", "write_tests", "execute"]
+    by_language = meta["funnel"][stages.index("verify")]["discard_by_language"]
     assert by_language["python"]["failed"] == 2 and sum(v["in"] for v in by_language.values()) == len(answered)
     assert by_language["python"]["rate"] == round(2 / by_language["python"]["in"], 4)
     assert "discard rate by language" in output

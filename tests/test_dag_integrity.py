@@ -87,6 +87,10 @@ def test_code_instruct_dag_shape():
         "generate_responses",
         "commit_respond",
         "verify_responses",
+        "commit_verify",
+        "write_tests",
+        "commit_write_tests",
+        "execute_tests",
         "publish",
     }
     assert dag["catchup"] is False
@@ -105,6 +109,7 @@ def test_code_instruct_dag_shape():
         "lint_gate",
         "lint_max_code_bytes",
         "lint_timeout_scale",
+        "test_gate",
     ):
         assert param in dag["params"]
 

@@ -148,6 +148,102 @@ def test_verdict_requires_a_deficiency_for_a_wrong_answer():
         diagnose.Verdict(correct=False, deficiencies=[], rationale="")
 
 
+# -- the reference check beside the oracle ----------------------------------------------------------
+
+
+def right(answer: str, key: str) -> bool:
+    found = diagnose.reference_check(answer, key)
+    assert found is not None
+    return found.correct
+
+
+def test_reference_check_reads_the_final_answer_without_a_model():
+    check = diagnose.reference_check
+    assert check("The list sorts to [1, 3, 4].\n\nAnswer: 9", "9") == diagnose.Check(True, "9")
+    # The last number of the final line counts, not a number the reasoning passed through.
+    assert check("It adds 4 and 16 ... and gets 20, so 9 is wrong.\nThe value of total is 1.", "20") == diagnose.Check(False, "1")
+    assert right("Output:\n```python\n# prints 1,234\n```", "1234")  # fences skipped, separators ignored
+    assert right("Answer: 2.50", "2.5") and not right("Answer: 2.51", "2.5")
+    assert right("It raises `ValueError`.", "ValueError")
+    assert not right("It raises TypeError.", "ValueError") and not right("", "3")
+    assert check("anything", None) is None and check("anything", "  ") is None  # no key: the oracle decides
+
+
+def test_a_user_set_keeps_answer_keys_and_rejects_bad_ones(tmp_path):
+    path = tmp_path / "set.jsonl"
+    rows = [
+        {"id": "n", "prompt": "What is 6 * 7? End with Answer: <value>.", "reference": "Answer: 42", "answer_key": 42},
+        {"id": "t", "prompt": "Name the exception of int('x').", "reference": "ValueError", "answer_key": "ValueError"},
+        {"id": "b", "prompt": "A third question.", "reference": "yes", "answer_key": True},
+        {"id": "o", "prompt": "Write a sorting function.", "reference": "def f(x): return sorted(x)"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table, rejected = user_set(str(path))
+    assert dict(zip(table.column("id").to_pylist(), table.column("answer_key").to_pylist())) == {"n": "42", "t": "ValueError", "o": None}
+    assert [(r["id"], r["reason"]) for r in rejected] == [("b", "bad_answer_key")]
+
+
+def answered(row_id: str, prompt: str, answer: str, key: str | None) -> dict:
+    return {
+        "id": row_id,
+        "parent_ids": [],
+        "origin": "seed",
+        "lang": "python",
+        "prompt": prompt,
+        "reference": "Answer: 9" if key else "def f(): ...",
+        "source": "test",
+        "answer_key": key,
+        "answer": answer,
+        "answer_truncated": False,
+        "target_model": "tiny",
+        "provenance": None,
+    }
+
+
+ORACLE_SAYS_RIGHT = {"correct": True, "deficiencies": [], "rationale": "looks fine"}
+NAMED = {
+    "skill": "tracing list indexing after an in-place sort",
+    "knowledge_area": "program tracing",
+    "error_type": "wrong_logic",
+    "severity": "major",
+    "description": "it used 9 from before the sort",
+}
+
+
+def test_the_reference_check_overrules_an_oracle_that_calls_a_wrong_answer_right(fresh_scripted):
+    from tests.test_subject_evolve import run_stage
+
+    fresh_scripted.script(
+        [
+            # Told that the check failed, the oracle names what went wrong.
+            {
+                "match": "An exact check has already found",
+                "name": "diagnose",
+                "actions": [{"json": {"deficiencies": [NAMED], "rationale": "r"}}],
+            },
+            {"match": "Candidate answer", "name": "verdict", "actions": [{"json": ORACLE_SAYS_RIGHT}]},
+        ]
+    )
+    rows = [
+        answered("wrong", "What does the program print? End with Answer: <value>.", "It prints 3.\nAnswer: 3", "9"),
+        answered("right", "What does it print, second? End with Answer: <value>.", "Answer: 9", "9"),
+        answered("code", "Write a function that sorts.", "def f(x): return sorted(x)", None),
+    ]
+    outputs, rejects = run_stage(fresh_scripted, lambda c: diagnose.OracleVerdict(c), rows)
+    assert rejects == []
+    by_id = {o["id"]: o for o in outputs}
+    wrong = by_id["wrong"]
+    assert (wrong["correct"], wrong["checked_by"], wrong["reference_correct"], wrong["oracle_correct"]) == (False, "reference", False, True)
+    assert wrong["final_answer"] == "3" and wrong["deficiencies"][0]["skill"] == NAMED["skill"]
+    assert "9" not in wrong["deficiencies"][0]["description"]  # the exam's answer never reaches targeted data
+    assert (by_id["right"]["correct"], by_id["right"]["checked_by"], by_id["right"]["deficiencies"]) == (True, "reference", [])
+    assert (by_id["code"]["checked_by"], by_id["code"]["reference_correct"], by_id["code"]["correct"]) == ("oracle", None, True)
+    assert fresh_scripted.stats()["by_rule"]["diagnose"] == 1  # asked again only where the check overruled it
+    table = pa.Table.from_pylist(outputs, schema=diagnose.VERDICT_SCHEMA)
+    assert aggregate.check_counts(table) == {"reference_checked": 2, "oracle_overruled": 1}
+    assert aggregate.accuracy(table)["correct"] == 2 and aggregate.deficiency_groups(table, 1.0).num_rows == 1
+
+
 def verdict(row_id: str, correct: bool, *items: tuple[str, str, str, str], lang: str = "python") -> dict:
     return {
         "id": row_id,
@@ -207,7 +303,11 @@ def test_target_comes_from_the_event_then_params_and_secrets_are_refused():
     settings = DiagnosisSettings()
     event = {"id": 7, "extra": {"base_url": "http://m/v1", "model": "m1", "conn_id": "llm_m1"}, "timestamp": "t"}
     target, trigger, described = resolve_target(settings, [event], None)
-    assert target == {"base_url": "http://m/v1", "model": "m1", "conn_id": "llm_m1"} and trigger == "asset_event" and '"id":7' in described
+    assert (
+        target == {"base_url": "http://m/v1", "model": "m1", "conn_id": "llm_m1"}
+        and trigger == "asset_event"
+        and '"id":7' in (described or "")
+    )
     manual = DiagnosisSettings(target_base_url="http://x/v1", target_model="x")
     assert resolve_target(manual, [], event)[1] == "params"
     assert resolve_target(settings, [], event)[1] == "latest_registration"

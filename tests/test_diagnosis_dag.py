@@ -164,6 +164,8 @@ def test_diagnosis_run_ranks_known_deficiencies_and_publishes_targeted_rows(airf
         "quality",
         "respond",
         "verify",
+        "write_tests",
+        "execute",
     ]
     for entry in meta["funnel"]:
         assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]

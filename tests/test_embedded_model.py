@@ -51,7 +51,7 @@ def test_code_instruct_dag_on_embedded_model(airflow_home, embedded_model, tmp_p
     store = store_for(root)
     manifest = store.partition("code_instruct", "dataset", "2026-02-03").manifest()
     funnel = {entry["stage"]: entry for entry in manifest.meta["funnel"]}
-    assert list(funnel) == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond", "verify"]
+    assert list(funnel) == ["seeds", "reverse", "keywords", "backfeed", "quality", "respond", "verify", "write_tests", "execute"]
     for entry in list(funnel.values())[1:]:  # every stage accounts for every input row
         assert entry["inputs_passed"] + entry["rejected"] == entry["rows_in"]
     assert funnel["reverse"]["rows_in"] == len(snippets)

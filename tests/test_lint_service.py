@@ -245,7 +245,19 @@ def test_execute_runs_solutions_with_their_tests_in_the_sandbox(service):
     answered = asyncio.run(LintServiceClient(service).execute(client_items))
     assert [(r.id, r.verdict) for r in answered] == [("c-pass", "passed"), ("c-fail", "failed")]
 
-    bad = httpx.post(f"{service}/v1/execute", json={"items": [{"id": "x", "language": "javascript", "code": "", "tests": ""}]})
-    assert bad.status_code == 422 and "only python" in bad.json()["detail"]
+    # JavaScript runs too (node's runner); a language without one is refused, not run some other way.
+    assert httpx.get(f"{service}/healthz").json()["sandbox"]["languages"] == ["javascript", "python"]
+    js = {
+        "id": "js",
+        "language": "javascript",
+        "code": "function add(a, b) { return a + b; }\n",
+        "tests": "assert.strictEqual(add(2, 2), 5);\n",
+    }
+    answered_js = httpx.post(f"{service}/v1/execute", json={"items": [js]}, timeout=120).json()["results"]
+    assert answered_js[0]["verdict"] == "failed" and answered_js[0]["detail"].startswith(
+        "tests.js line 1: assert.strictEqual(add(2, 2), 5);"
+    )
+    bad = httpx.post(f"{service}/v1/execute", json={"items": [{"id": "x", "language": "ruby", "code": "", "tests": ""}]})
+    assert bad.status_code == 422 and "only javascript, python" in bad.json()["detail"]
     missing = httpx.post(f"{service}/v1/execute", json={"items": [{"id": "x", "language": "python", "code": ""}]})
     assert missing.status_code == 422 and "items.0.tests" in missing.json()["detail"]

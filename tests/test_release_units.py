@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from infinisynth.release.benchmarks import BenchmarkError, BenchmarkFile, humaneval, load_benchmarks, parse_files, read_file
+from infinisynth.release.benchmarks import BenchmarkError, BenchmarkFile, BenchmarkItem, humaneval, load_benchmarks, parse_files, read_file
 from infinisynth.release.decontaminate import BenchmarkIndex, DecontamSettings, screen
-from infinisynth.release.dedup import EMBEDDING_DIM, DedupSettings, ReleasedIndex, SeenTexts, deduplicate
+from infinisynth.release.dedup import ANN_BASE, EMBEDDING_DIM, DedupSettings, ReleasedIndex, SeenTexts, deduplicate
 from infinisynth.release.variants import mix, parse_mix
 
 
@@ -33,7 +33,7 @@ def fake_embedder(vectors: dict[str, np.ndarray]):
     return lambda texts: np.stack([vectors.get(t, random_unit(t)) for t in texts]) if texts else np.zeros((0, EMBEDDING_DIM))
 
 
-def test_dedup_names_method_and_counterpart_within_and_across_releases():
+def test_dedup_names_method_and_counterpart_within_and_across_releases(tmp_path):
     long = " ".join(f"word{i}" for i in range(40))
     texts = [
         "Sort a list.",
@@ -61,6 +61,21 @@ def test_dedup_names_method_and_counterpart_within_and_across_releases():
     assert [(d.method, d.counterpart, d.release) for d in second.duplicates] == [("exact", "r0", "v1"), ("semantic", "r4", "v1")]
     assert second.keep.tolist() == [False, False, True]
 
+    # the same, with v1's HNSW index saved (keys: ANN_BASE + row of its index table) and memory-mapped
+    from usearch.index import Index
+
+    saved = Index(ndim=EMBEDDING_DIM, metric="cos", dtype="i8")
+    embeddings = np.asarray(first.index["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
+    saved.add(ANN_BASE + np.arange(first.index.num_rows, dtype=np.uint64), embeddings.reshape(first.index.num_rows, -1))
+    saved.save(str(tmp_path / "v1.usearch"))
+    viewed = ReleasedIndex(DedupSettings())
+    viewed.load(first.index.drop_columns(["embedding"]).to_batches(), "v1", ann_path=str(tmp_path / "v1.usearch"))
+    assert len(viewed.ann) == 0 and len(viewed.views) == 1  # nothing rebuilt in memory
+    third = deduplicate(
+        ["n0", "n1", "n2"], ["sort a LIST", "Flip a string around.", "Something new."], fake_embedder(vectors), DedupSettings(), viewed
+    )
+    assert [(d.method, d.counterpart, d.release) for d in third.duplicates] == [("exact", "r0", "v1"), ("semantic", "r4", "v1")]
+
 
 def test_seen_texts_is_the_seed_miners_exact_and_near_check():
     seen = SeenTexts()
@@ -84,6 +99,20 @@ def test_the_ngram_screen_survives_reformatting_and_names_the_item():
         (1, "HumanEval/11", "ngram", "prompt"),
         (2, "HumanEval/20", "ngram", "response"),
     ]
+
+
+def test_the_embedding_screen_of_responses_names_the_benchmark_item_and_field():
+    item = BenchmarkItem("mine", "mine/1", "Parse a date.", "Parse a date.\ndef parse(text): return date.fromisoformat(text)")
+    close = unit(3) * 5 + unit(4)
+    vectors = {item.solution: unit(3), item.text: unit(7), "restated solution": close / np.linalg.norm(close)}  # cosine 0.98
+    looser = unit(3) + unit(4)
+    vectors["a related answer"] = looser / np.linalg.norm(looser)  # cosine 0.71: under the response threshold
+    embed = fake_embedder(vectors)
+    index = BenchmarkIndex([item], embed, DecontamSettings())
+    responses = ["unrelated", "restated solution", "a related answer"]
+    hits = screen(["Something else.", "Another thing.", "A third."], responses, np.stack([unit(9)] * 3), index, embed(responses))
+    assert [(h.row, h.benchmark, h.item, h.measure, h.field) for h in hits] == [(1, "mine", "mine/1", "embedding", "response")]
+    assert hits[0].value >= DecontamSettings().max_cosine_response
 
 
 def test_benchmark_files_that_cannot_be_used_fail_loudly(tmp_path):

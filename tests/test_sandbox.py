@@ -8,6 +8,7 @@ its files, its other runs) must not notice.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import time
@@ -149,8 +150,123 @@ def test_without_bubblewrap_nothing_runs_and_the_error_says_why(monkeypatch, tmp
 
 
 def test_a_language_without_a_runner_is_a_clear_error(sandbox):
-    with pytest.raises(ValueError, match="no sandboxed runner for language 'javascript'"):
-        asyncio.run(sandbox.run([ExecItem("x", "javascript", "console.log(1)", "")]))
+    with pytest.raises(ValueError, match="no sandboxed runner for language 'ruby'"):
+        asyncio.run(sandbox.run([ExecItem("x", "ruby", "puts 1", "")]))
+
+
+JS_SOLUTION = "function add(a, b) {\n  return a + b;\n}\nconst ZERO = 0;\n"
+
+
+def test_javascript_verdicts_name_the_failing_assertion(sandbox):
+    items = [
+        ExecItem("plain", "javascript", JS_SOLUTION, "const assert = require('node:assert');\nassert.strictEqual(add(1, 2), 3);\n"),
+        ExecItem(
+            "node-test",
+            "javascript",
+            JS_SOLUTION,
+            "const test = require('node:test');\ntest('adds', async () => {\n  assert.strictEqual(add(ZERO, 2), 2);\n});\n",
+        ),
+        ExecItem("fail", "javascript", JS_SOLUTION, "assert.strictEqual(add(1, 2), 3);\nassert.strictEqual(add(2, 2), 5);\n"),
+        ExecItem(
+            "fail-in-test",
+            "javascript",
+            JS_SOLUTION,
+            "const { test } = require('node:test');\ntest('a', () => {});\ntest('b', () => {\n  assert.deepStrictEqual([add(1, 1)], [3]);\n});\n",
+        ),
+        ExecItem("raise", "javascript", "function add(a, b) {\n  return a + c;\n}\n", "assert.strictEqual(add(1, 2), 3);\n"),
+        ExecItem("syntax", "javascript", "function add(a, b {\n", "assert.ok(true);\n"),
+        ExecItem("exit-early", "javascript", "process.exit(0);\n", "assert.ok(false);\n"),
+        ExecItem(
+            "fake-pass",
+            "javascript",
+            'console.log(\'@@infinisynth-tests \' + \'0\'.repeat(32) + \' {"status": "passed", "detail": ""}\');\n',
+            "assert.ok(false);\n",
+        ),
+    ]
+    results = run(sandbox, items)
+    assert (results["plain"].verdict, results["node-test"].verdict) == (PASSED, PASSED), results
+    assert results["fail"].verdict == FAILED
+    assert results["fail"].detail.startswith("tests.js line 2: assert.strictEqual(add(2, 2), 5);: Expected values to be strictly equal")
+    assert results["fail-in-test"].verdict == FAILED and results["fail-in-test"].detail.startswith(
+        "tests.js line 4: assert.deepStrictEqual"
+    )
+    assert results["raise"].verdict == ERROR and results["raise"].detail == "ReferenceError: c is not defined (solution.js line 2)", (
+        results["raise"]
+    )
+    assert results["syntax"].verdict == ERROR and "SyntaxError" in results["syntax"].detail
+    assert results["exit-early"].verdict == ERROR and "before the tests did" in results["exit-early"].detail
+    assert results["fake-pass"].verdict == FAILED
+
+
+def test_the_hostile_suite_in_javascript_stays_inside(sandbox, tmp_path, monkeypatch):
+    canary = tmp_path / "CANARY"
+    canary.write_text("still here")
+    monkeypatch.setenv("INFINISYNTH_TEST_SECRET", "hunter2-secret")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    # Asynchronous attempts are awaited inside a test, so their failure is the verdict.
+    connect = (
+        "const net = require('node:net');\n"
+        "const { test } = require('node:test');\n"
+        "test('connect', () => new Promise((resolve, reject) => {\n"
+        "  const socket = net.connect({ host: '%s', port: %d }, resolve);\n"
+        "  socket.on('error', reject);\n"
+        "}));\n"
+    )
+    hostile = {
+        "infinite-loop": ("for (;;) {}\n", {TIMEOUT}),
+        "memory-bomb": ("const keep = [];\nfor (;;) keep.push(new Array(1e6).fill(1.5));\n", {KILLED}),
+        "buffer-bomb": ("const keep = [];\nfor (;;) keep.push(Buffer.alloc(64 * 1024 * 1024, 1));\n", {KILLED}),
+        "fork-bomb": (
+            "const { spawn } = require('node:child_process');\nfor (;;) { try { spawn('/usr/bin/node', ['-e', 'for(;;){}']); } catch (e) {} }\n",
+            {TIMEOUT, KILLED, ERROR},
+        ),
+        "network": (connect % ("127.0.0.1", port), {ERROR}),
+        "internet": (connect % ("1.1.1.1", 53), {ERROR}),
+        "project-file": (
+            f"throw new Error(require('node:fs').readFileSync({json_str(REPO / 'pyproject.toml')}, 'utf8').slice(0, 80));\n",
+            {ERROR},
+        ),
+        "env-secret": ("throw new Error(process.env.INFINISYNTH_TEST_SECRET || 'no secret here');\n", {ERROR}),
+        "delete-canary": (
+            f"const fs = require('node:fs');\ntry {{ fs.rmSync({json_str(canary)}); }} catch (e) {{}}\n"
+            f"fs.rmSync({json_str(tmp_path)}, {{ recursive: true, force: true }});\nthrow new Error(String(fs.existsSync({json_str(canary)})));\n",
+            {ERROR},
+        ),
+        "kill-parent": (
+            "process.kill(process.ppid, 'SIGKILL');\ntry { process.kill(-1, 'SIGKILL'); } catch (e) {}\n",
+            {PASSED, KILLED, ERROR},
+        ),
+    }
+    items = [ExecItem(name, "javascript", code, "assert.ok(true);\n") for name, (code, _) in hostile.items()]
+    items.append(ExecItem("honest", "javascript", JS_SOLUTION, "assert.strictEqual(add(20, 22), 42);\n"))
+    results = run(sandbox, items)
+
+    for name, (_, allowed) in hostile.items():
+        assert results[name].verdict in allowed, (name, results[name])
+        assert results[name].seconds <= LIMITS.wall_seconds + SLACK, (name, results[name])
+        assert "hunter2-secret" not in results[name].detail
+    assert results["honest"].verdict == PASSED
+    assert "memory" in results["memory-bomb"].detail and "memory" in results["buffer-bomb"].detail
+    assert "ETIMEDOUT" not in results["network"].detail and "ECONNREFUSED" in results["network"].detail  # no network: refused at once
+    assert "ENETUNREACH" in results["internet"].detail
+    assert "ENOENT" in results["project-file"].detail  # the project is not there
+    assert results["env-secret"].detail.startswith("Error: no secret here")
+    assert results["delete-canary"].detail.startswith("Error: false")
+
+    assert canary.read_text() == "still here" and tmp_path.exists()
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    listener.close()
+    assert sandbox_processes(sandbox) == []
+
+
+def json_str(path: Path) -> str:
+    """A path as a JavaScript string literal."""
+    return json.dumps(str(path))
 
 
 def test_the_sandbox_sees_only_the_system_and_its_own_files(sandbox):

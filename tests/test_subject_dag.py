@@ -42,6 +42,16 @@ def pool_file(directory: Path) -> Path:
     return path
 
 
+# The scripted "user" asks one follow-up per kind (a conversation never asks a kind twice).
+FOLLOWUPS = {
+    'Start with "Can you show"': "Can you show it for one concrete case?",
+    'Start with "What happens if"': "What happens if the input is empty?",
+    'Start with "Is there another way"': "Is there another way to get there?",
+    'Start with "Why"': "Why is the second step needed?",
+    'Start with "How would you change"': "How would you change it for a beginner?",
+}
+
+
 def rules() -> list[dict]:
     tagging = [
         {
@@ -68,6 +78,7 @@ def rules() -> list[dict]:
             "actions": [{"json": {"difficulty": 3, "rationale": "easy"}}],
         },
         *tagging,
+        *({"match": ["Write follow-up message", opener], "actions": [{"json": {"question": q}}]} for opener, q in FOLLOWUPS.items()),
     ]
 
 

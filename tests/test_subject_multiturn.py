@@ -8,8 +8,19 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
+from infinisynth.llm import LLMClient, RoleConfig, UsageMeter
+from infinisynth.specs.subject_instruct import SubjectSettings
 from infinisynth.subject.difficulty import DIFFICULTY_SCHEMA, Difficulty, DifficultySettings
-from infinisynth.subject.multiturn import CONVERSATION_SCHEMA, MultiTurn, MultiTurnSettings, SurvivorResponse, followup_count
+from infinisynth.subject.multiturn import (
+    CONVERSATION_SCHEMA,
+    FOLLOWUP_KINDS,
+    MultiTurn,
+    MultiTurnSettings,
+    SurvivorResponse,
+    followup_count,
+    followup_kinds,
+    repeats,
+)
 from tests.test_subject_evolve import run_stage
 
 
@@ -83,16 +94,29 @@ def test_followup_count_is_seeded_and_covers_one_to_four():
         MultiTurnSettings(min_followups=0)
 
 
+# What the scripted "user" asks for each kind of follow-up (matched on the kind's opening words).
+KIND_QUESTIONS = {
+    'Start with "Can you show"': "Can you show the calculation for a sample of 30 people?",
+    'Start with "What happens if"': "What happens if the effect size is almost zero?",
+    'Start with "Is there another way"': "Is there another way, say by simulation, and when is it better?",
+    'Start with "Why"': "Why does a larger alpha raise the power?",
+    'Start with "How would you change"': "How would you change it for a one-sided test?",
+}
+
+
 def test_multiturn_builds_on_the_conversation_and_rejects_repeats(fresh_scripted):
     fresh_scripted.script(
         [
-            # A follow-up that repeats the first user turn: rejected as a repeated turn.
+            # A follow-up that repeats the first user turn however often it is drawn: rejected.
             {
                 "match": ["REPEAT_marker", "Write follow-up message"],
                 "actions": [{"json": {"question": "REPEAT_marker: what is a p-value?"}}],
             },
-            # Every answer must see the whole conversation: the first assistant turn is in its prompt.
-            {"match": ["FIRST_ANSWER_marker", "Write follow-up message"], "name": "followup", "actions": [{"default": True}]},
+            # Every follow-up must see the whole conversation: the first assistant turn is in its prompt.
+            *(
+                {"match": ["FIRST_ANSWER_marker", opener], "name": "followup", "actions": [{"json": {"question": question}}]}
+                for opener, question in KIND_QUESTIONS.items()
+            ),
         ]
     )
     settings = MultiTurnSettings(min_followups=1, max_followups=4, sampling_seed=3)
@@ -102,6 +126,7 @@ def test_multiturn_builds_on_the_conversation_and_rejects_repeats(fresh_scripted
     outputs, rejects = run_stage(fresh_scripted, make, rows)
 
     assert [(r["id"], r["reason"]) for r in rejects] == [("v-9", "repeated_turn")]
+    assert "in 3 draws" in rejects[0]["detail"]  # drawn again with new seeds before giving up
     assert len(outputs) == 5
     for out, row in zip(outputs, rows):
         wanted = followup_count(row["id"], settings)
@@ -110,10 +135,71 @@ def test_multiturn_builds_on_the_conversation_and_rejects_repeats(fresh_scripted
         assert out["messages"][:2] == [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["response"]}]
         users = [m["content"] for m in out["messages"] if m["role"] == "user"]
         assert len(set(users)) == len(users)
+        # Each round asked a different kind of follow-up, in the seeded order.
+        asked = [next(opener for opener, q in KIND_QUESTIONS.items() if q == u) for u in users[1:]]
+        assert asked == [f'Start with "{KIND_OPENERS[k]}"' for k in followup_kinds(row["id"], wanted, 3)]
         assert out["origin"] == "multiturn" and out["parent_ids"][0] == row["id"] and out["id"] != row["id"]
     # One follow-up question per round, each asked with the conversation (and its first answer) in view.
     assert fresh_scripted.stats()["by_rule"]["followup"] == sum(o["followups"] for o in outputs)
     assert pa.Table.from_pylist(outputs, schema=CONVERSATION_SCHEMA).num_rows == 5
+
+
+KIND_OPENERS = {
+    "example": "Can you show",
+    "edge_case": "What happens if",
+    "alternative": "Is there another way",
+    "explain_step": "Why",
+    "new_requirement": "How would you change",
+}
+
+
+def test_a_repeated_followup_is_drawn_again_before_the_row_is_rejected(fresh_scripted):
+    # The first draw copies the opening question; the redraw (another sampling seed) asks something new.
+    fresh_scripted.script(
+        [
+            {
+                "match": ["ONCE_marker", "Write follow-up message"],
+                "actions": [{"json": {"question": "ONCE_marker: explain statistical power."}}, {"json": {"question": "And for n = 10?"}}],
+            }
+        ]
+    )
+    settings = MultiTurnSettings(min_followups=1, max_followups=1)
+    outputs, rejects = run_stage(
+        fresh_scripted, lambda c: MultiTurn(c, settings), [verified(1, "ONCE_marker: explain statistical power.", "It is 1 - beta.")]
+    )
+    assert rejects == [] and [m["content"] for m in outputs[0]["messages"] if m["role"] == "user"][1] == "And for n = 10?"
+
+
+def test_repeats_are_the_same_words_or_mostly_copied_trigrams():
+    earlier = ["Explain how a hash map resolves collisions with open addressing."]
+    assert repeats("explain how a HASH map resolves collisions, with open addressing!", earlier)
+    assert repeats("Can you explain how a hash map resolves collisions with open addressing?", earlier)
+    assert repeats("  ", earlier) and repeats("<the user's next message>", earlier)  # nothing asked
+    assert not repeats("What happens if the table is full when a new key arrives?", earlier)
+
+
+def test_followup_kinds_differ_within_a_conversation_and_are_seeded():
+    for i in range(50):
+        kinds = followup_kinds(f"row-{i}", 4)
+        assert len(set(kinds)) == 4 and set(kinds) <= set(FOLLOWUP_KINDS)
+        assert kinds == followup_kinds(f"row-{i}", 4)
+    assert len({tuple(followup_kinds(f"row-{i}", 2)) for i in range(50)}) > 5  # rows get different kinds
+
+
+def test_followup_penalties_come_from_the_role_and_key_the_cache(fresh_scripted):
+    plain = RoleConfig(role="followup", base_url=fresh_scripted.base_url, model="scripted")
+    penalized = plain.with_overrides(frequency_penalty=0.6, presence_penalty=0.4)
+    assert "frequency_penalty" not in plain.generation_config()  # roles without penalties keep their keys
+    assert penalized.generation_config()["frequency_penalty"] == 0.6 and penalized.penalties() == {
+        "frequency_penalty": 0.6,
+        "presence_penalty": 0.4,
+    }
+    settings = SubjectSettings(followup_frequency_penalty=0.6, followup_presence_penalty=0.4)
+    assert settings.role_overrides("followup") == {"frequency_penalty": 0.6, "presence_penalty": 0.4}
+    assert settings.role_overrides("generator") == {}  # evolution and answers keep theirs
+    usage = UsageMeter()
+    stages = [MultiTurn(LLMClient(config, usage), MultiTurnSettings()) for config in (plain, penalized)]
+    assert stages[0].fingerprint() != stages[1].fingerprint()  # a new penalty never reuses an old answer
 
 
 def test_difficulty_scores_average_samples_and_keep_the_generation(fresh_scripted):

@@ -383,3 +383,55 @@ def test_the_diagnosis_section_ranks_deficiencies_and_counts_targeted_rows(tmp_p
         {"deficiency": "#1 intervals: boundaries", "planned": 3, "published": 2},
         {"deficiency": "#2 aggregation: ties", "planned": 1, "published": 0},
     ]
+
+
+def test_the_test_gate_section_shows_pass_rates_per_language_and_the_failures(store):
+    """The test gate's manifest figures (as its commit writes them) and its rejected rows."""
+    from infinisynth.stages.execute import pass_rates
+
+    stats = {
+        "python": {"in": 4, "passed": 2, "failed": 1, "unverified": 1},
+        "javascript": {"in": 2, "passed": 1, "error": 1},
+    }
+    rejects = [("tests_failed", "tests.py line 2: assert total([2, 2]) == 5", "python")]
+    rejects.append(("tests_error", "TypeError: values is null (tests.js line 2)", "javascript"))
+    rows = [
+        {
+            "id": f"x-{i}",
+            "stage": "execute",
+            "reason": reason,
+            "detail": detail,
+            "raw_answer": HOSTILE,
+            "evidence_json": json.dumps({"test_verdict": reason.removeprefix("tests_")}),
+            "input_json": json.dumps({"problem": "p", "lang": lang}),
+        }
+        for i, (reason, detail, lang) in enumerate(rejects)
+    ]
+    output = store.partition("code_instruct", "execute", DS).write_table(
+        0, pa.Table.from_pylist([{"id": f"e-{i}", "problem": "p"} for i in range(4)], schema=SCHEMA), SCHEMA
+    )
+    rejected = store.rejected("code_instruct", "execute", DS).write_table(
+        0, pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA), REJECTED_SCHEMA
+    )
+    result = {
+        "shard": 0,
+        "rows_in": 6,
+        "output": output.to_dict(),
+        "rejected": rejected.to_dict(),
+        "rejected_by_reason": {"tests_failed": 1, "tests_error": 1},
+        "usage": {},
+        "passed": 4,
+    }
+    rates = pass_rates([stats])
+    commit_stage(store, "code_instruct", "execute", DS, SCHEMA, [result], meta={"test_pass_by_language": rates})
+
+    ref = report_data.resolve_run(store, "code_instruct", RUN_ID, datetime(2026, 3, 4, tzinfo=UTC))
+    tests = report_data.run_report(store, ref)["tests"]
+    by_language = {t["language"]: t for t in tests["by_language"]}
+    assert by_language["python"]["rate"] == round(2 / 3, 4) and by_language["python"]["unverified"] == 1
+    assert by_language["javascript"]["rate"] == 0.5 and by_language["javascript"]["run"] == 2
+    assert tests["top_failures"]["python"] == [{"failure": "tests_failed: tests.py line 2: assert total([2, 2]) == 5", "count": 1}]
+
+    html = client(store).get(f"/runs/code_instruct/{RUN_ID}").text
+    assert '<section id="tests">' in html and 'data-language="javascript"' in html
+    assert '<td class="rate">0.6667</td>' in html and "tests_error: TypeError: values is null" in html

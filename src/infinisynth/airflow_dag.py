@@ -23,6 +23,11 @@ once, naming the input and the problem, instead of retrying what cannot succeed.
 
 from __future__ import annotations
 
+import gc
+import json
+import logging
+import resource
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -39,6 +44,8 @@ MAP_INDEX = "{{ task.op_kwargs['shard']['stage'] }} shard {{ task.op_kwargs['sha
 MODEL_TASK: dict[str, Any] = {"pool": "llm", "max_active_tis_per_dagrun": 4, "map_index_template": MAP_INDEX}
 BATCH_TASK: dict[str, Any] = {"max_active_tis_per_dagrun": 2, "map_index_template": MAP_INDEX}
 REDUCE: dict[str, Any] = {"trigger_rule": "none_failed"}  # an empty upstream (no shards) still commits
+
+log = logging.getLogger(__name__)
 
 
 def pipeline_dag(
@@ -120,6 +127,76 @@ def failing_fast() -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+@contextmanager
+def footprint(step: str) -> Iterator[None]:
+    """Log what a task body cost as one ``task footprint: {json}`` line: wall and CPU seconds (its
+    own, and its children's: the lint gate's linter processes), peak RSS of the task process and of
+    its largest child, and garbage-collection pauses (a full collection stalls the client's event
+    loop). ``benchmarks/bench_code_pipeline_scheduler.py`` reads these lines from the task logs."""
+    pauses: list[tuple[int, float]] = []
+    began: list[float] = []
+
+    def timing(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[:] = [time.perf_counter()]
+        elif began:
+            pauses.append((info["generation"], time.perf_counter() - began.pop()))
+
+    import psutil
+
+    # The task process's own start-up before the body: fork, DAG parse, Airflow's task runner.
+    startup = time.time() - psutil.Process().create_time()
+    wall = time.perf_counter()
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    gc.callbacks.append(timing)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(timing)
+        own_after, children_after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        full = [seconds for generation, seconds in pauses if generation == 2]
+        figures = {
+            "step": step,
+            "startup_s": round(startup, 3),
+            "wall_s": round(time.perf_counter() - wall, 3),
+            "cpu_s": round(own_after.ru_utime + own_after.ru_stime - own.ru_utime - own.ru_stime, 3),
+            "children_cpu_s": round(children_after.ru_utime + children_after.ru_stime - children.ru_utime - children.ru_stime, 3),
+            "peak_rss_mb": round(own_after.ru_maxrss / 1024, 1),
+            "children_peak_rss_mb": round(children_after.ru_maxrss / 1024, 1),
+            "gc_collections": len(pauses),
+            "gc_full": len(full),
+            "gc_s": round(sum(seconds for _, seconds in pauses), 3),
+            "gc_max_pause_s": round(max((seconds for _, seconds in pauses), default=0.0), 3),
+            "gc_pauses_over_100ms": sum(seconds > 0.1 for _, seconds in pauses),
+            "gc_frozen": gc.get_freeze_count(),
+        }
+        log.info("task footprint: %s", json.dumps(figures))
+
+
+def settle() -> None:
+    """Freeze what the task process holds once the library is imported (modules, classes, schemas:
+    most of its objects) so full garbage collections skip it: they scanned it over and over, in
+    pauses of up to 0.7 s that stalled the client's event loop (measured by :func:`footprint`).
+    Airflow froze what its task runner held before the fork; this adds the library's share.
+    Collection is off while the body imports the library (a full one ran over the imports) and
+    back on from here."""
+    gc.freeze()
+    gc.enable()
+
+
+def switched_off(spec: PipelineSpec, step: str, params: Mapping[str, Any] | None) -> bool:
+    """Whether the run's settings switch off every step a mapped task of ``step`` runs (its chain):
+    then its shard maps to nothing and the task ends before loading the library (Airflow still
+    creates the task instances: a step's shards are the same list as its siblings')."""
+    if spec.context:  # the settings come from the spec's own hook, with the run
+        return False
+    try:
+        settings = spec.settings(**dict(params or {}))
+    except ValueError:  # invalid Params: the task's full path says so
+        return False
+    return not any(s.runs(settings) for s in spec.chain(step))
+
+
 def context(spec: PipelineSpec, params: Mapping[str, Any], ds: str, run: dict[str, Any] | None = None) -> Any:
     """The run's context inside a task: its store, partition, settings and Airflow's connections.
     Params the settings model refuses are an ``InputError``."""
@@ -173,38 +250,54 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
         outlet_events=None,
         run_id=None,
     ) -> list[dict]:
-        from infinisynth.steps import run_global_step
+        with footprint(step):
+            gc.disable()  # no full collection over the imports: settle() freezes them
+            from infinisynth.steps import run_global_step
 
-        results = {name: list(r) for name, r in (upstream_results or {}).items()}
-        with failing_fast():
-            ctx = context(spec, params, ds, run)
-            shards = run_global_step(ctx, step, results)
-        announce(ctx, step, ti, outlet_events, run_id)
-        return shards
+            settle()
+            results = {name: list(r) for name, r in (upstream_results or {}).items()}
+            with failing_fast():
+                ctx = context(spec, params, ds, run)
+                shards = run_global_step(ctx, step, results)
+            announce(ctx, step, ti, outlet_events, run_id)
+            return shards
 
     @shard_task(**MODEL_TASK)
     def model_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
-        from infinisynth.steps import run_step_shard
+        with footprint(step):
+            if switched_off(spec, step, params):
+                return {}  # its commit skips switched-off steps: nothing to load, ask or write
+            gc.disable()  # no full collection over the imports: settle() freezes them
+            from infinisynth.steps import run_step_shard
 
-        with failing_fast(), deferring():
-            return run_step_shard(context(spec, params, ds, run), step, shard)
+            settle()
+            with failing_fast(), deferring():
+                return run_step_shard(context(spec, params, ds, run), step, shard)
 
     @shard_task(**BATCH_TASK)
     def batch_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
-        from infinisynth.steps import run_step_shard
+        with footprint(step):
+            if switched_off(spec, step, params):
+                return {}  # its commit skips switched-off steps: nothing to load, ask or write
+            gc.disable()  # no full collection over the imports: settle() freezes them
+            from infinisynth.steps import run_step_shard
 
-        with failing_fast(), deferring():
-            return run_step_shard(context(spec, params, ds, run), step, shard)
+            settle()
+            with failing_fast(), deferring():
+                return run_step_shard(context(spec, params, ds, run), step, shard)
 
     @task(**REDUCE)
     def commit(step: str, results: list[dict], run=None, params=None, ds=None, ti=None, outlet_events=None, run_id=None) -> list[dict]:
-        from infinisynth.steps import commit_step
+        with footprint(f"commit {step}"):
+            gc.disable()  # no full collection over the imports: settle() freezes them
+            from infinisynth.steps import commit_step
 
-        with failing_fast():
-            ctx = context(spec, params, ds, run)
-            shards = commit_step(ctx, step, list(results))
-        announce(ctx, step, ti, outlet_events, run_id)
-        return shards
+            settle()
+            with failing_fast():
+                ctx = context(spec, params, ds, run)
+                shards = commit_step(ctx, step, list(results))
+            announce(ctx, step, ti, outlet_events, run_id)
+            return shards
 
     finished: dict[str, Any] = {}  # step -> the task after which its partition is committed
     mapped: dict[str, Any] = {}  # mapped step -> its mapped task (whose results its commit reads)

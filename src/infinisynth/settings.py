@@ -57,8 +57,9 @@ def env_connection(conn_id: str) -> dict[str, Any] | None:
 
 
 # Roles that borrow another role's connection before ``llm_default``: the oracle judges answers,
-# so an installation with a judge model but no oracle uses the judge.
-ROLE_FALLBACKS: dict[str, tuple[str, ...]] = {"oracle": ("judge",)}
+# so an installation with a judge model but no oracle uses the judge; the follow-up turns of a
+# conversation are the generator's unless they have a connection (and penalties) of their own.
+ROLE_FALLBACKS: dict[str, tuple[str, ...]] = {"oracle": ("judge",), "followup": ("generator",)}
 
 
 def role_config(role: str, lookup: ConnectionLookup = env_connection, **overrides: Any) -> RoleConfig:

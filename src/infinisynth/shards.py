@@ -108,11 +108,14 @@ def run_stage_shard(
             run = await run_shard(stage, rows, usage=usage, checkpoint=checkpoint, concurrency=config.max_concurrency, label=label)
             return stage, run
 
-    if role.mode == "batch" and rows:
+    if not rows:  # nothing to ask (e.g. seeds without problems): no client, no event loop, no checkpoint
+        stage, run = make_stage(LLMClient(role)), ShardRun(outcomes=[])
+    elif role.mode == "batch":
         stage, run = _run_batched(store, checkpoint.directory, rows, role, make_stage, go, label)
     else:
         stage, run = asyncio.run(go())
-    log.info("%s.%s shard %d model usage this attempt:\n%s", pipeline, stage_name, shard, usage.table())
+    if rows:
+        log.info("%s.%s shard %d model usage this attempt:\n%s", pipeline, stage_name, shard, usage.table())
     result = _write_outcomes(store, pipeline, stage_name, ds, shard, run, stage.schema, max_transient_share)
     result.processed, result.row_seconds, result.elapsed = run.processed, round(run.row_seconds, 3), round(run.elapsed, 3)
     return result

@@ -165,8 +165,10 @@ class PipelineSettings(BaseModel):
 
     def role_overrides(self, role: str) -> dict[str, Any]:
         """Run settings that override a role's connection: ``<role>_model``, ``<role>_temperature``,
-        ``<role>_max_tokens`` when the settings have them and they are set (0 is a setting)."""
-        values = {key: getattr(self, f"{role}_{key}", None) for key in ("model", "temperature", "max_tokens")}
+        ``<role>_max_tokens``, ``<role>_frequency_penalty``, ``<role>_presence_penalty`` when the
+        settings have them and they are set (0 is a setting)."""
+        keys = ("model", "temperature", "max_tokens", "frequency_penalty", "presence_penalty")
+        values = {key: getattr(self, f"{role}_{key}", None) for key in keys}
         return {key: value for key, value in values.items() if value not in (None, "")}
 
 

@@ -174,7 +174,7 @@ def commit_step(ctx: RunContext, step_name: str, results: Sequence[dict[str, Any
             role = ctx.role(role_of(step, cls))
             meta = {"prompt_versions": cls.prompt_versions(), "roles": {role.role: role.public_dict()}}
         commit_stage(ctx.store, ctx.spec.name, step.name, ctx.ds, cls.schema, shard_results, meta={**ctx.commit_meta, **meta})
-    if ctx.settings.response_cache and any(step.kind == "model" for step in chain):
+    if ctx.settings.response_cache and any(step.kind == "model" and enabled(ctx, step) for step in chain):
         prune_if_due(ctx.store, ctx.settings.response_cache_max_gb)  # at most once a day, whoever commits
     return handout(ctx, chain[-1].name)
 

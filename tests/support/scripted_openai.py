@@ -12,7 +12,14 @@ prints ``LISTENING <port>`` once it serves. Answers:
   of: ``status`` (+ ``retry_after``), ``delay`` (seconds), ``drop`` (close the connection without
   answering), ``content`` (the message text; ``{prompt_digest}`` in it becomes a hash of the
   prompt), ``json`` (message text = that value as JSON),
-  ``body`` (a raw HTTP 200 body, e.g. broken JSON), ``default`` (answer as if no rule matched).
+  ``body`` (a raw HTTP 200 body, e.g. broken JSON), ``default`` (answer as if no rule matched),
+  ``tests`` (``"pass"``, ``"fail"``, ``"error"``, ``"timeout"`` or ``"none"``: a solution with tests,
+  see below).
+
+A schema with ``solution`` and ``tests`` fields (the response stage with the test gate on) is
+answered with a real program in the prompt's language (Python or JavaScript, from "... problem in
+<Language>"): a correct ``total(values)`` and tests that pass; the ``tests`` action picks tests that
+fail on an assertion, raise another error, loop forever, or are empty.
 
 ``POST /v1/completions`` (the legacy API) answers the same way and follows the same rules, matched
 against the prompt; with ``logprobs`` it returns per-token log-probabilities (``echo`` puts the
@@ -192,6 +199,10 @@ class ScriptedServer:
             content = action["content"].replace("{prompt_digest}", hashlib.sha1(prompt.encode()).hexdigest()[:10])
         elif "json" in action:
             content = json.dumps(action["json"])
+        elif "tests" in action:
+            content = json.dumps(written_tests(prompt, action["tests"]))
+        elif "solution" in action:
+            content = fenced_solution(prompt)
         else:
             content = default_answer(body, prompt)
         return web.json_response(completion(body, prompt, content))
@@ -255,7 +266,50 @@ def default_answer(body: dict[str, Any], prompt: str) -> str:
     schema = requested_schema(body, prompt)
     if schema is None:
         return f"Scripted answer {seed[:8]}: " + " ".join(WORDS[:20])
+    if set(schema.get("properties", {})) == {"tests"}:  # the test-writing stage: tests that pass
+        return json.dumps(written_tests(prompt, "pass"))
     return json.dumps(fill(schema, schema, seed))
+
+
+LANGUAGE_ASKED = re.compile(r"problem in (Python|JavaScript)\b")
+SOLUTIONS = {
+    "Python": "def total(values):\n    result = 0\n    for value in values:\n        result += value\n    return result\n",
+    "JavaScript": "function total(values) {\n  return values.reduce((a, b) => a + b, 0);\n}\n",
+}
+TESTS = {
+    "Python": {
+        "pass": "assert total([1, 2, 3]) == 6\nassert total([]) == 0\n",
+        "fail": "assert total([1, 2, 3]) == 6\nassert total([2, 2]) == 5, 'two and two'\n",
+        "error": "assert total(None) == 0\n",
+        "timeout": "while True:\n    total([1])\n",
+        "none": "",
+    },
+    "JavaScript": {
+        "pass": "const assert = require('node:assert');\nassert.strictEqual(total([1, 2, 3]), 6);\nassert.strictEqual(total([]), 0);\n",
+        "fail": "const assert = require('node:assert');\nassert.strictEqual(total([1, 2, 3]), 6);\nassert.strictEqual(total([2, 2]), 5);\n",
+        "error": "const assert = require('node:assert');\nassert.strictEqual(total(null), 0);\n",
+        "timeout": "for (;;) { total([1]); }\n",
+        "none": "",
+    },
+}
+
+
+def asked_language(prompt: str) -> str:
+    found = LANGUAGE_ASKED.search(prompt)
+    return found.group(1) if found else "Python"
+
+
+def fenced_solution(prompt: str) -> str:
+    """A plain-text answer to a response prompt: an explanation and the solution (``total``) in a
+    fenced block of the language asked for."""
+    language = asked_language(prompt)
+    return f"Add the values one by one.\n\n```{language.lower()}\n{SOLUTIONS[language]}```\n"
+
+
+def written_tests(prompt: str, outcome: str) -> dict[str, str]:
+    """The test-writing stage's structured answer: tests of ``total`` that ``pass``, ``fail`` (an
+    assertion), raise an ``error``, run into a ``timeout`` or are missing (``none``)."""
+    return {"tests": TESTS[asked_language(prompt)][outcome]}
 
 
 def requested_schema(body: dict[str, Any], prompt: str) -> dict[str, Any] | None:

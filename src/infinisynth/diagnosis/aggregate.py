@@ -84,6 +84,15 @@ def accuracy(verdicts: pa.Table) -> dict[str, Any]:
     }
 
 
+def check_counts(verdicts: pa.Table) -> dict[str, int]:
+    """How many verdicts the reference check decided, and on how many it overruled the oracle."""
+    if "checked_by" not in verdicts.column_names:
+        return {"reference_checked": 0, "oracle_overruled": 0}
+    rows = verdicts.select(["checked_by", "correct", "oracle_correct"]).to_pylist()
+    checked = [r for r in rows if r["checked_by"] == "reference"]
+    return {"reference_checked": len(checked), "oracle_overruled": sum(r["correct"] != r["oracle_correct"] for r in checked)}
+
+
 def deficiency_groups(verdicts: pa.Table, merge_similarity: float = 0.91) -> pa.Table:
     """Group every deficiency of every incorrect verdict; rank by weight, then by frequency."""
     groups: dict[tuple[str, str, str], _Group] = {}

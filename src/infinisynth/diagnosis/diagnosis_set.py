@@ -5,8 +5,9 @@ Two sources, nothing else:
 - ``holdout``: the held-out slice of the project's own published data
   (``{root}/code_instruct/holdout/ds=*/``, the latest committed at or before the run's date),
   which no training export contains (:mod:`infinisynth.holdout`);
-- a file the user brings: Parquet or JSONL with ``prompt`` and ``reference`` columns (``lang``
-  and ``id`` optional).
+- a file the user brings: Parquet or JSONL with ``prompt`` and ``reference`` columns (``lang``,
+  ``id`` and ``answer_key`` optional: a short exact answer - a number, a word - that the target's
+  final answer is checked against without a model, beside the oracle's verdict).
 
 Evaluation benchmarks are never a diagnosis set: a set that overlaps a known benchmark
 (:mod:`.benchmarks`) by the leakage check is refused with the overlapping rows named.
@@ -33,6 +34,7 @@ DIAGNOSIS_SET_SCHEMA = schema_with(
     pa.field("prompt", pa.string(), nullable=False),
     pa.field("reference", pa.string(), nullable=False),
     pa.field("source", pa.string(), nullable=False),  # where the row came from (partition URL or file)
+    pa.field("answer_key", pa.string()),  # the short exact answer of a checkable row (diagnose.reference_check)
 )
 HOLDOUT_SOURCE = "holdout"
 
@@ -88,7 +90,7 @@ def user_set(path: str, max_rows: int | None = None) -> tuple[pa.Table, list[dic
 def _validated(raw: list[dict[str, Any]], *, source: str, origin: str) -> tuple[pa.Table, list[dict[str, Any]]]:
     rows, rejected, seen = [], [], set()
     for number, item in enumerate(raw, 1):
-        prompt, reference = item.get("prompt"), item.get("reference")
+        prompt, reference, key = item.get("prompt"), item.get("reference"), item.get("answer_key")
         row_id = str(item.get("id") or content_id("diagnosis-set", prompt, reference))
         problem = None
         if not isinstance(prompt, str) or not prompt.strip():
@@ -97,6 +99,8 @@ def _validated(raw: list[dict[str, Any]], *, source: str, origin: str) -> tuple[
             problem = ("missing_reference", f"row {number} has no reference answer")
         elif " ".join(prompt.split()) in seen:
             problem = ("duplicate_prompt", f"row {number} repeats an earlier prompt")
+        elif key is not None and (isinstance(key, bool) or not isinstance(key, str | int | float) or not str(key).strip()):
+            problem = ("bad_answer_key", f"row {number}'s answer_key must be a non-empty string or number")
         if problem:
             rejected.append(_rejected(row_id, *problem, item))
             continue
@@ -111,6 +115,7 @@ def _validated(raw: list[dict[str, Any]], *, source: str, origin: str) -> tuple[
                 "prompt": prompt.strip(),
                 "reference": reference.strip(),
                 "source": source,
+                "answer_key": None if key is None else str(key).strip(),
             }
         )
     return pa.Table.from_pylist(rows, schema=DIAGNOSIS_SET_SCHEMA), rejected

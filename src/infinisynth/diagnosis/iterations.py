@@ -42,6 +42,8 @@ ITERATION_SCHEMA = pa.schema(
         pa.field("judged", pa.int32()),
         pa.field("correct", pa.int32()),
         pa.field("accuracy", pa.float64()),
+        pa.field("reference_checked", pa.int32()),  # verdicts decided by the reference check, not the oracle
+        pa.field("oracle_overruled", pa.int32()),  # of those, where the oracle's own verdict differed
         pa.field("ranking_json", pa.string()),  # the top groups: id, labels, failures, weight, share
         pa.field("targeted_published", pa.int32()),
     ]
@@ -86,6 +88,8 @@ def claim(store: Store, *, run_id: str, date: str, target: dict[str, Any], trigg
         "judged": None,
         "correct": None,
         "accuracy": None,
+        "reference_checked": None,
+        "oracle_overruled": None,
         "ranking_json": None,
         "targeted_published": None,
     }

@@ -129,6 +129,9 @@ def render(iteration: dict[str, Any], groups: pa.Table, history: list[dict[str, 
             f"(trigger: {iteration['trigger']}; previous iteration: {iteration['previous_iteration'] or 'none'})",
             f"accuracy on the diagnosis set: {accuracy} ({iteration['correct']} of {iteration['judged']} judged; "
             f"{iteration['diagnosis_rows']} prompts from {iteration['diagnosis_source']})",
+            f"checked by: reference {iteration.get('reference_checked') or 0} (an exact answer key, no model; "
+            f"the oracle's own verdict differed on {iteration.get('oracle_overruled') or 0}), "
+            f"oracle {(iteration['judged'] or 0) - (iteration.get('reference_checked') or 0)}",
             "",
             "## Deficiency ranking",
             "```",

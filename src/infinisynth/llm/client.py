@@ -202,6 +202,7 @@ class LLMClient:
         seed = self.config.seed if seed is None else seed
         if seed is not None:
             request["seed"] = seed
+        request.update(self.config.penalties())
         if extra:
             request.update(extra)
         return request

@@ -44,6 +44,10 @@ class RoleConfig(BaseModel):
     max_retries: int = Field(5, ge=0)  # transport: 429, 5xx, timeouts, dropped connections
     max_invalid_retries: int = Field(2, ge=0)  # answers that do not validate
     seed: int | None = None
+    # Penalties on tokens the answer already used (OpenAI's; llama.cpp's server honours both): a
+    # small model's follow-up turns repeat themselves without them. None: not sent.
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     # Dollars per million tokens (infinisynth.llm.prices.Price keys: input, output, cached_input,
     # batch_discount ...); None: the Variable infinisynth_prices, then the built-in table. Not part
     # of the generation config: a new price never invalidates a cached answer.
@@ -69,7 +73,15 @@ class RoleConfig(BaseModel):
 
     def generation_config(self) -> dict[str, Any]:
         """Everything of this role that decides what an answer is: part of every stage's cache key."""
-        return self.model_dump(include={"model", "structured_output", "temperature", "max_tokens", "seed", "max_invalid_retries"})
+        config = self.model_dump(include={"model", "structured_output", "temperature", "max_tokens", "seed", "max_invalid_retries"})
+        # Penalties only when set, so the cache keys of roles without them stay as they were.
+        config.update(self.penalties())
+        return config
+
+    def penalties(self) -> dict[str, float]:
+        """The repetition penalties this role sends (those that are set)."""
+        values = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty}
+        return {key: value for key, value in values.items() if value is not None}
 
     def public_dict(self) -> dict[str, Any]:
         """Settings fit for logs, XCom and manifests: no API key (nor the limits store's URL)."""

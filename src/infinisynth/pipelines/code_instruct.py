@@ -41,6 +41,7 @@ COMBINATION_STAGE = "combinations"
 SEED_QUALITY_STAGE = "seed_quality"
 QUALITY_STAGE = "quality"
 VERIFY_STAGE = "verify"
+TESTED_STAGE = "execute"  # the test gate after the lint gate: what is published
 DATASET_STAGE = "dataset"
 BELOW_THRESHOLD_STAGE = "below_threshold"  # answered, scoring between answer_threshold and quality_threshold: variants only
 
@@ -204,7 +205,7 @@ class Publish(GlobalStep):
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
         settings: CodeInstructSettings = ctx.settings
-        answered = ctx.partition(VERIFY_STAGE).read()
+        answered = ctx.partition(TESTED_STAGE).read()
         dataset, held_out = split_holdout(to_chat_rows(answered), settings.holdout_fraction)
         write_holdout(ctx.store, PIPELINE, ctx.ds, held_out, {"rows_total": dataset.num_rows + held_out.num_rows})
         dataset, below = split_threshold(dataset, settings.quality_threshold)

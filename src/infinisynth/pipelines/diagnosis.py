@@ -43,6 +43,7 @@ VERDICT_STAGE = "verdict"
 GROUPS_STAGE = "deficiencies"
 TARGETED_STAGE = "targeted"
 VERIFY_STAGE = "verify"
+TESTED_STAGE = "execute"  # the test gate after the lint gate: what is published
 DATASET_STAGE = "dataset"
 # Keys an asset event's extra must never carry: it is stored in Airflow's database and shown in the UI.
 SECRET_KEYS = ("api_key", "apikey", "password", "secret", "token", "key")
@@ -270,11 +271,13 @@ class AggregateDeficiencies(GlobalStep):
         verdicts = ctx.partition(VERDICT_STAGE).read()
         groups = agg.deficiency_groups(verdicts, settings.merge_similarity)
         score = agg.accuracy(verdicts)
+        checks = agg.check_counts(verdicts)
         ctx.partition(GROUPS_STAGE).write_and_commit(
-            groups, meta={"pipeline": PIPELINE, "stage": GROUPS_STAGE, "iteration": iteration, **score}, schema=agg.GROUP_SCHEMA
+            groups, meta={"pipeline": PIPELINE, "stage": GROUPS_STAGE, "iteration": iteration, **score, **checks}, schema=agg.GROUP_SCHEMA
         )
         it = iterations.load(ctx.store, ctx.ds)
         it.update(score)
+        it.update(checks)
         ranking = [
             {k: g[k] for k in ("rank", "group_id", "skill", "knowledge_area", "error_type", "failures", "weight", "share")}
             for g in groups.to_pylist()[:20]
@@ -284,11 +287,13 @@ class AggregateDeficiencies(GlobalStep):
         plan = plan_targets(groups, cap=settings.max_targeted, top_groups=settings.top_groups, iteration=iteration)
         accuracy = "-" if score["accuracy"] is None else f"{100 * score['accuracy']:.1f}%"
         log.info(
-            "iteration %d: accuracy %s (%d of %d judged)\n%s",
+            "iteration %d: accuracy %s (%d of %d judged; %d decided by the reference check, which overruled the oracle on %d)\n%s",
             iteration,
             accuracy,
             score["correct"],
             score["judged"],
+            checks["reference_checked"],
+            checks["oracle_overruled"],
             rpt.ranking_table(groups),
         )
         log.info("targeted plan: %d instructions over the top %d groups", plan.num_rows, min(settings.top_groups, groups.num_rows))
@@ -329,7 +334,7 @@ class Publish(GlobalStep):
 
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
-        answered = ctx.partition(VERIFY_STAGE).read()
+        answered = ctx.partition(TESTED_STAGE).read()
         targets = {r["id"]: r for r in ctx.partition(TARGETED_STAGE).read(columns=["id", "deficiency", "iteration"]).to_pylist()}
         chat = to_chat_rows(answered).to_pylist()
         for row in chat:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import posixpath
+import tempfile
+import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -21,20 +25,20 @@ from pydantic import ValidationError
 
 from infinisynth.errors import InputError
 from infinisynth.holdout import split_holdout
-from infinisynth.records import canonical_json
+from infinisynth.records import REJECTED_SCHEMA, canonical_json
 from infinisynth.release import benchmarks as bench
 from infinisynth.release import card, export, sft_config
 from infinisynth.release import rows as rel
 from infinisynth.release.decontaminate import BenchmarkIndex, DecontamSettings, screen
-from infinisynth.release.dedup import INDEX_SCHEMA, DedupSettings, Embedder, ReleasedIndex, deduplicate
-from infinisynth.release.variants import variants
+from infinisynth.release.dedup import ANN_BASE, INDEX_SCHEMA, Deduplicator, DedupSettings, Embedder, ReleasedIndex, index_table
+from infinisynth.release.variants import plan
 from infinisynth.settings import ConnectionLookup, env_connection, store_for
 from infinisynth.spec import PipelineSpec
 from infinisynth.specs.release import BENCHMARKS_VARIABLE, PIPELINE, SPEC, ReleaseSettings
 from infinisynth.stages.base import GlobalStep, Rejected, StepOutput, rejected_row
 from infinisynth.stages.publish import to_chat_rows
 from infinisynth.steps import RunContext
-from infinisynth.storage import Store
+from infinisynth.storage import Manifest, Partition, Store, is_local
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,18 @@ SPECS = {
     "diagnosis": "infinisynth.specs.deficiency_diagnosis",
 }
 BELOW_THRESHOLD = "below_threshold"  # code_instruct: answered problems under the publish threshold
-SCREEN_COLUMNS = ("exact", "minhash", "embedding")
+SCREEN_COLUMNS = ("exact", "minhash", "embedding", "ann_key")
 SCREENED_SCHEMA = pa.schema(
-    [*rel.CANDIDATE_SCHEMA, *(f for f in INDEX_SCHEMA if f.name in ("exact", "minhash")), pa.field("embedding", rel.EMBEDDING_TYPE)]
+    [
+        *rel.CANDIDATE_SCHEMA,
+        *(f for f in INDEX_SCHEMA if f.name in ("exact", "minhash")),
+        pa.field("embedding", rel.EMBEDDING_TYPE),
+        pa.field("ann_key", pa.uint64()),  # the row's key in the dedup step's saved HNSW index
+    ]
 )
+ANN_AREA, INDEX_ANN_AREA = "_ann", "index_ann"  # saved HNSW indexes: the dedup step's, each release's
+BATCH_ROWS = 4096  # rows a step holds at once
+REPAIRS = 2  # times an export redoes the steps a concurrent run of its version re-committed under it
 
 
 def run_context(
@@ -198,8 +210,118 @@ def gather(store: Store, pipeline: str, ds: str) -> tuple[list[dict[str, Any]], 
     return rows + extra, source
 
 
-class GatherCandidates(GlobalStep):
-    """Every selected pipeline's committed datasets whose date is in the release's range."""
+# -- streaming: rows in batches, rows out through scratch files -----------------------------------
+
+
+class ConcurrentRelease(RuntimeError):
+    """Another run of the same version re-committed a step this export depends on: nothing was
+    published (a retry, once that run is done, publishes a consistent release)."""
+
+
+class _Spill:
+    """Rows written to a local scratch Parquet file as a step makes them, read back in batches by
+    the commit: a step's output never sits in memory whole."""
+
+    def __init__(self, directory: str, schema: pa.Schema):
+        import pyarrow.parquet as pq
+
+        self.path = posixpath.join(directory, f"spill-{uuid.uuid4().hex[:8]}.parquet")
+        self.schema = schema
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, schema, compression="lz4")
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows and self._writer is not None:
+            self._writer.write_table(table.select(self.schema.names).cast(self.schema), row_group_size=BATCH_ROWS)
+            self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class SpilledTable:
+    """The calls the commit makes on a step's table (``num_rows``, ``slice``, ``to_batches``),
+    answered from scratch files one batch at a time."""
+
+    def __init__(self, spills: Sequence[_Spill], schema: pa.Schema, offset: int = 0, length: int | None = None):
+        self.spills, self.schema, self.offset = list(spills), schema, offset
+        total = sum(s.rows for s in self.spills)
+        self.num_rows = max(0, min(total - offset, total if length is None else length))
+
+    def slice(self, offset: int = 0, length: int | None = None) -> SpilledTable:
+        return SpilledTable(self.spills, self.schema, self.offset + offset, self.num_rows - offset if length is None else length)
+
+    def to_batches(self, max_chunksize: int | None = None) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        skip, left = self.offset, self.num_rows
+        for spill in self.spills:
+            spill.close()
+            if left <= 0:
+                return
+            if skip >= spill.rows:
+                skip -= spill.rows
+                continue
+            for batch in pq.ParquetFile(spill.path).iter_batches(batch_size=max_chunksize or BATCH_ROWS):
+                if skip >= batch.num_rows:
+                    skip -= batch.num_rows
+                    continue
+                batch = batch.slice(skip, left)
+                skip = 0
+                left -= batch.num_rows
+                yield batch
+                if left <= 0:
+                    return
+
+    def as_table(self) -> pa.Table:
+        """What :class:`StepOutput` declares; the commit only uses the calls above."""
+        return cast(pa.Table, self)
+
+
+class _Rejects:
+    """Rejected rows in a scratch Arrow file, memory-mapped back as the table the commit takes."""
+
+    def __init__(self, directory: str):
+        self.path = posixpath.join(directory, f"rejected-{uuid.uuid4().hex[:8]}.arrow")
+        self._writer = pa.ipc.new_file(self.path, REJECTED_SCHEMA)
+        self.rows = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self._writer.write_table(pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA))
+            self.rows += len(rows)
+
+    def table(self) -> pa.Table:
+        self._writer.close()
+        return pa.ipc.open_file(pa.memory_map(self.path)).read_all()
+
+
+class _StreamingStep(GlobalStep):
+    """A global step whose output and rejected rows go through scratch files."""
+
+    def scratch(self) -> str:
+        if not hasattr(self, "_scratch"):
+            self._scratch = tempfile.TemporaryDirectory(prefix=f"infinisynth-{self.name}-")  # lives as long as the step
+        return self._scratch.name
+
+
+def _build(meta: dict[str, Any]) -> str | None:
+    return (meta.get("build") or {}).get("id")
+
+
+def _new_build(upstream: Manifest | None) -> dict[str, Any]:
+    """This step's commit, named, and the upstream commit it read: the export checks the chain."""
+    return {"id": uuid.uuid4().hex, "upstream": _build(upstream.meta) if upstream is not None else None}
+
+
+# -- candidates ---------------------------------------------------------------------------------
+
+
+class GatherCandidates(_StreamingStep):
+    """Every selected pipeline's committed datasets whose date is in the release's range, published
+    rows first (each pipeline, date and id in order), one partition in memory at a time."""
 
     name = CANDIDATES
     schema = rel.CANDIDATE_SCHEMA
@@ -211,32 +333,69 @@ class GatherCandidates(GlobalStep):
         unknown = [p for p in settings.pipelines if p not in SPECS]
         if unknown:
             raise InputError(f"unknown pipeline(s) {unknown}; known: {sorted(SPECS)}")
-        candidates: list[dict[str, Any]] = []
+        ranks = [_Spill(self.scratch(), rel.CANDIDATE_SCHEMA) for _ in range(3)]  # published, below threshold, lint-rejected
         sources = []
-        for pipeline in settings.pipelines:
+        for pipeline in sorted(settings.pipelines, key=lambda p: rel.PIPELINES.index(p) if p in rel.PIPELINES else len(rel.PIPELINES)):
             for ds in sorted(ctx.store.committed_dates(pipeline, "dataset")):
                 day = ds.split(".iter")[0]  # diagnosis partitions are keyed by date and iteration
                 if (start is None or day >= start) and day <= end:
                     found, source = gather(ctx.store, pipeline, ds)
-                    candidates += found
+                    table = rel.priority_order(rel.candidates_table(found))  # within the partition: rank, then id
+                    rank = np.asarray(
+                        [
+                            0 if d else (1 if lint else 2)
+                            for d, lint in zip(table["in_dataset"].to_pylist(), table["lint_passed"].to_pylist())
+                        ]
+                    )
+                    for n, spill in enumerate(ranks):
+                        spill.write(table.filter(pa.array(rank == n)))
                     sources.append(source)
-        if not candidates:  # still a release (an empty one, saying so), not a failed run
+        total = sum(s.rows for s in ranks)
+        if not total:  # still a release (an empty one, saying so), not a failed run
             log.warning(
                 "no rows to release: no committed dataset of %s between %s and %s", settings.pipelines, start or "the beginning", end
             )
-        table = rel.priority_order(rel.candidates_table(candidates))
-        log.info("release %s: %d candidates from %d partitions (%s to %s)", ctx.ds, table.num_rows, len(sources), start or "-", end)
-        return StepOutput(table, table.num_rows, meta={"start_date": start, "end_date": end, "sources": sources})
+        log.info("release %s: %d candidates from %d partitions (%s to %s)", ctx.ds, total, len(sources), start or "-", end)
+        meta = {"start_date": start, "end_date": end, "sources": sources, "build": _new_build(None)}
+        return StepOutput(SpilledTable(ranks, rel.CANDIDATE_SCHEMA).as_table(), total, meta=meta)
 
 
 # -- dedup --------------------------------------------------------------------------------------
 
 
-def earlier_index(store: Store, version: str, settings: DedupSettings) -> tuple[ReleasedIndex, list[str]]:
+def _local_copy(store: Store, path: str, scratch: str) -> str:
+    """A path usearch can open: the file itself on local disk, else a scratch copy."""
+    if is_local(store.fs):
+        return path
+    local = posixpath.join(scratch, posixpath.basename(path))
+    store.fs.get(path, local)
+    return local
+
+
+def _save_ann(store: Store, index: Any, path: str, scratch: str) -> None:
+    if is_local(store.fs):
+        store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        index.save(path)
+    else:
+        local = posixpath.join(scratch, posixpath.basename(path))
+        index.save(local)
+        store.fs.put(local, path)
+
+
+def earlier_index(store: Store, version: str, settings: DedupSettings, scratch: str | None = None) -> tuple[ReleasedIndex, list[str]]:
+    """Every other release's index: exact and MinHash keys streamed in, the saved HNSW index
+    memory-mapped (rebuilt from the stored embeddings only for a release saved without one)."""
     index = ReleasedIndex(settings)
     versions = other_releases(store, version)
     for other in versions:
-        index.load(store.partition(PIPELINE, INDEX, other).read(), other)
+        partition = store.partition(PIPELINE, INDEX, other)
+        manifest = partition.manifest()
+        ann = manifest.meta.get("ann")
+        path = None
+        if ann and scratch is not None and store.fs.exists(posixpath.join(store.root, ann)):
+            path = _local_copy(store, posixpath.join(store.root, ann), scratch)
+        columns = INDEX_SCHEMA.names if path is None else ["id", "exact", "minhash"]
+        index.load(partition.snapshot_batches(manifest, columns), other, ann_path=path)
     return index, versions
 
 
@@ -244,7 +403,7 @@ def _without_screen_columns(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in SCREEN_COLUMNS}
 
 
-class Deduplicate(GlobalStep):
+class Deduplicate(_StreamingStep):
     """Exact, near and semantic duplicates, within the release and against every other release."""
 
     name = DEDUPLICATED
@@ -254,34 +413,46 @@ class Deduplicate(GlobalStep):
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
         settings: ReleaseSettings = ctx.settings
-        table = ctx.partition(CANDIDATES).read()
-        dedup = DedupSettings(settings.near_duplicate_threshold, settings.semantic_duplicate_threshold)
-        index, versions = earlier_index(ctx.store, ctx.ds, dedup) if settings.dedup_against_releases else (None, [])
-        texts = [rel.instruction(m) for m in table["messages"].to_pylist()]
-        result = deduplicate(table["id"].to_pylist(), texts, self.embed or embedder(), dedup, index)
-        rows = table.to_pylist()
-        rejected = []
-        for d in result.duplicates:
-            where = f" of release {d.release}" if d.release else ""
-            evidence = {"method": d.method, "counterpart": d.counterpart, "similarity": d.similarity, "release": d.release}
-            detail = f"{d.method} duplicate of {d.counterpart}{where} (similarity {d.similarity})"
-            rejected.append(rejected_row(DEDUPLICATED, rows[d.row], Rejected(f"duplicate_{d.method}", detail, evidence=evidence)))
-        keep = pa.array(result.keep)
-        kept = table.filter(keep)
-        index_rows = result.index  # the kept rows' keys, in the same order
-        screened = kept.append_column("exact", index_rows["exact"]).append_column("minhash", index_rows["minhash"])
-        screened = screened.append_column("embedding", index_rows["embedding"])
-        counts = {m: result.counts[m] for m in ("exact", "near", "semantic")}
-        log.info(
-            "release %s dedup: %d of %d kept; dropped %s; against releases %s", ctx.ds, kept.num_rows, table.num_rows, counts, versions
-        )
+        candidates = ctx.partition(CANDIDATES)
+        manifest = candidates.manifest()
+        dedup = DedupSettings(settings.near_duplicate_threshold, settings.semantic_duplicate_threshold, batch_size=BATCH_ROWS)
+        index, versions = earlier_index(ctx.store, ctx.ds, dedup, self.scratch()) if settings.dedup_against_releases else (None, [])
+        deduplicator = Deduplicator(self.embed or embedder(), dedup, index)
+        out, rejects = _Spill(self.scratch(), SCREENED_SCHEMA), _Rejects(self.scratch())
+        for batch in candidates.snapshot_batches(manifest, batch_size=BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            ids = table["id"].to_pylist()
+            result = deduplicator.batch(ids, [rel.instruction(m) for m in table["messages"].to_pylist()])
+            rejected = []
+            for d in result.duplicates:
+                where = f" of release {d.release}" if d.release else ""
+                evidence = {"method": d.method, "counterpart": d.counterpart, "similarity": d.similarity, "release": d.release}
+                detail = f"{d.method} duplicate of {d.counterpart}{where} (similarity {d.similarity})"
+                row = table.slice(d.row, 1).to_pylist()[0]
+                rejected.append(rejected_row(DEDUPLICATED, row, Rejected(f"duplicate_{d.method}", detail, evidence=evidence)))
+            rejects.write(rejected)
+            keys = index_table([ids[i] for i in np.nonzero(result.keep)[0]], result.exact, result.signatures, result.embeddings)
+            kept = table.filter(pa.array(result.keep))
+            for name in ("exact", "minhash", "embedding"):
+                kept = kept.append_column(name, keys[name])
+            out.write(kept.append_column("ann_key", pa.array(result.keys.astype(np.uint64), pa.uint64())))
+        build = _new_build(manifest)
+        ann = None
+        if len(deduplicator.index.ann):  # this release's HNSW index, for the export's index of released rows
+            ann = posixpath.relpath(ctx.store.side_path(PIPELINE, ANN_AREA, ctx.ds, f"dedup-{build['id']}.usearch"), ctx.store.root)
+            _save_ann(ctx.store, deduplicator.index.ann, posixpath.join(ctx.store.root, ann), self.scratch())
+        counts = {m: deduplicator.counts[m] for m in ("exact", "near", "semantic")}
+        log.info("release %s dedup: %d of %d kept; dropped %s; against releases %s", ctx.ds, out.rows, manifest.rows, counts, versions)
         meta = {
             "dropped": counts,
             "near_threshold": dedup.near_threshold,
             "semantic_threshold": dedup.semantic_threshold,
             "earlier_releases": versions,
+            "ann": ann,
+            "build": build,
         }
-        return StepOutput(screened.select(SCREENED_SCHEMA.names).cast(SCREENED_SCHEMA), table.num_rows, rejected=rejected, meta=meta)
+        out.close()
+        return StepOutput(SpilledTable([out], SCREENED_SCHEMA).as_table(), manifest.rows, rejected=rejects.table(), meta=meta)
 
 
 # -- decontamination ----------------------------------------------------------------------------
@@ -295,7 +466,14 @@ def benchmark_items(ctx: RunContext) -> tuple[list[bench.BenchmarkItem], list[st
     return items, [*settings.benchmarks, *(f.label for f in files)]
 
 
-class Decontaminate(GlobalStep):
+def _vectors(column: pa.ChunkedArray | pa.Array, rows: int) -> np.ndarray:
+    if not rows:
+        return np.zeros((0, rel.EMBEDDING_DIM), np.float32)
+    flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return np.asarray(flat.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(rows, -1)
+
+
+class Decontaminate(_StreamingStep):
     """Rows whose prompt or response overlaps an evaluation benchmark, by 13-grams or embeddings."""
 
     name = DECONTAMINATED
@@ -305,39 +483,53 @@ class Decontaminate(GlobalStep):
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
         settings: ReleaseSettings = ctx.settings
-        table = ctx.partition(DEDUPLICATED).read()
+        deduplicated = ctx.partition(DEDUPLICATED)
+        manifest = deduplicated.manifest()
         items, names = benchmark_items(ctx)
-        screen_settings = DecontamSettings(settings.decontam_ngram, settings.decontam_ngram_overlap, settings.decontam_max_cosine)
-        index = BenchmarkIndex(items, self.embed or embedder(), screen_settings)
-        messages = table["messages"].to_pylist()
-        embeddings = np.asarray(table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-        hits = screen(
-            [rel.instruction(m) for m in messages],
-            [rel.responses(m) for m in messages],
-            embeddings.reshape(table.num_rows, -1) if table.num_rows else np.zeros((0, rel.EMBEDDING_DIM), np.float32),
-            index,
+        screen_settings = DecontamSettings(
+            settings.decontam_ngram, settings.decontam_ngram_overlap, settings.decontam_max_cosine, settings.decontam_max_cosine_response
         )
+        embed = self.embed or embedder()
+        index = BenchmarkIndex(items, embed, screen_settings)
         dropped: dict[str, Counter[str]] = defaultdict(Counter)
-        rejected = []
-        drop = np.zeros(table.num_rows, dtype=bool)
-        for hit in hits:
-            drop[hit.row] = True
-            dropped[hit.benchmark][hit.measure] += 1
-            evidence = {"benchmark": hit.benchmark, "item": hit.item, "measure": hit.measure, "field": hit.field, "value": hit.value}
-            detail = f"{hit.field} matches {hit.benchmark} item {hit.item} by {hit.measure} ({hit.value})"
-            row = _without_screen_columns(table.slice(hit.row, 1).to_pylist()[0])
-            rejected.append(rejected_row(DECONTAMINATED, row, Rejected("contaminated", detail, evidence=evidence)))
-        kept = table.filter(pa.array(~drop))
-        log.info("release %s decontamination against %s (%d items): %d of %d dropped", ctx.ds, names, len(items), len(hits), table.num_rows)
+        out, rejects = _Spill(self.scratch(), SCREENED_SCHEMA), _Rejects(self.scratch())
+        total = 0
+        for batch in deduplicated.snapshot_batches(manifest, batch_size=BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            messages = table["messages"].to_pylist()
+            responses = [rel.responses(m) for m in messages]
+            hits = screen(
+                [rel.instruction(m) for m in messages],
+                responses,
+                _vectors(table["embedding"], table.num_rows),
+                index,
+                np.asarray(embed(responses), dtype=np.float32) if items and responses else None,
+            )
+            drop = np.zeros(table.num_rows, dtype=bool)
+            rejected = []
+            for hit in hits:
+                drop[hit.row] = True
+                dropped[hit.benchmark][hit.measure] += 1
+                evidence = {"benchmark": hit.benchmark, "item": hit.item, "measure": hit.measure, "field": hit.field, "value": hit.value}
+                detail = f"{hit.field} matches {hit.benchmark} item {hit.item} by {hit.measure} ({hit.value})"
+                row = _without_screen_columns(table.slice(hit.row, 1).to_pylist()[0])
+                rejected.append(rejected_row(DECONTAMINATED, row, Rejected("contaminated", detail, evidence=evidence)))
+            rejects.write(rejected)
+            out.write(table.filter(pa.array(~drop)))
+            total += table.num_rows
+        log.info("release %s decontamination against %s (%d items): %d of %d dropped", ctx.ds, names, len(items), rejects.rows, total)
         meta = {
             "benchmarks": names,
             "benchmark_items": len(items),
             "ngram": screen_settings.ngram,
             "ngram_overlap": screen_settings.ngram_overlap,
             "max_cosine": screen_settings.max_cosine,
+            "max_cosine_response": screen_settings.max_cosine_response,
             "dropped": {b: dict(c) for b, c in dropped.items()},
+            "build": _new_build(manifest),
         }
-        return StepOutput(kept, table.num_rows, rejected=rejected, meta=meta)
+        out.close()
+        return StepOutput(SpilledTable([out], SCREENED_SCHEMA).as_table(), total, rejected=rejects.table(), meta=meta)
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -359,9 +551,10 @@ def dropped_rows(store: Store, version: str) -> list[dict[str, Any]]:
         partition = store.rejected(PIPELINE, stage, version)
         if not partition.exists():
             continue
-        for row in partition.read(columns=["id", "reason", "detail", "evidence_json"]).to_pylist():
-            evidence = canonical_json(None) if row["evidence_json"] is None else row["evidence_json"]
-            out.append({"id": row["id"], "step": stage, "reason": row["reason"], "detail": row["detail"], **_loads(evidence)})
+        for batch in partition.iter_batches(columns=["id", "reason", "detail", "evidence_json"]):
+            for row in batch.to_pylist():
+                evidence = canonical_json(None) if row["evidence_json"] is None else row["evidence_json"]
+                out.append({"id": row["id"], "step": stage, "reason": row["reason"], "detail": row["detail"], **_loads(evidence)})
     return out
 
 
@@ -376,9 +569,30 @@ def export_table(table: pa.Table) -> pa.Table:
     return table.select(rel.EXPORT_SCHEMA.names).cast(rel.EXPORT_SCHEMA)
 
 
-class Export(GlobalStep):
+def consistent_chain(store: Store, version: str) -> dict[str, Manifest]:
+    """The committed steps of one version, checked to be one run's chain (each step read the
+    commit of the step before it, and each rejected table belongs to its step's commit)."""
+    manifests = {step: store.partition(PIPELINE, step, version).manifest() for step in (CANDIDATES, DEDUPLICATED, DECONTAMINATED)}
+    for step, upstream in ((DEDUPLICATED, CANDIDATES), (DECONTAMINATED, DEDUPLICATED)):
+        read = (manifests[step].meta.get("build") or {}).get("upstream")
+        rejected = store.rejected(PIPELINE, step, version).manifest()
+        if read != _build(manifests[upstream].meta) or _build(rejected.meta) != _build(manifests[step].meta):
+            raise ConcurrentRelease(
+                f"release {version}: {upstream} was re-committed (by {manifests[upstream].committed_by} at "
+                f"{manifests[upstream].created_at}) after {step} read it, or {step}'s rejected rows are another run's: "
+                "another run of this version is in progress; nothing was published. Retry once it is done."
+            )
+    return manifests
+
+
+class Export(_StreamingStep):
     """The Hugging Face folder: the release, its variants, the card, the SFT config, the report;
-    the released rows' index (for later releases' dedup); the optional push to the Hub."""
+    the released rows' index (for later releases' dedup); the optional push to the Hub.
+
+    Two runs of one version never export at once: the step holds the release partition's commit
+    lease (waiting for another holder, taking over a dead one's), and publishes only a consistent
+    chain of the version's committed steps (:func:`consistent_chain`), read as committed; when a
+    concurrent run broke the chain, it redoes dedup and decontamination under the lease first."""
 
     name = RELEASE
     schema = rel.EXPORT_SCHEMA
@@ -386,78 +600,160 @@ class Export(GlobalStep):
 
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
+        with ctx.partition(RELEASE).lease() as lease:
+            self._lease = lease
+            for attempt in range(REPAIRS + 1):
+                try:
+                    consistent_chain(ctx.store, ctx.ds)
+                    break
+                except ConcurrentRelease as exc:
+                    if attempt == REPAIRS:
+                        raise
+                    # another run re-committed a step between this run's steps: redo the later
+                    # steps from the candidates as committed now, under the lease, and check again
+                    log.warning("%s; redoing dedup and decontamination from the committed candidates", exc)
+                    from infinisynth.steps import run_global_step
+
+                    for step in (DEDUPLICATED, DECONTAMINATED):
+                        run_global_step(ctx, step)
+                        lease.renew()
+            return self._export(self.scratch())
+
+    def _export(self, scratch: str) -> StepOutput:
+        ctx: RunContext = self.ctx
         settings: ReleaseSettings = ctx.settings
         store, version = ctx.store, ctx.ds
-        screened = ctx.partition(DECONTAMINATED).read()
-        released = screened.filter(pc.field("in_dataset"))
-        gathered = ctx.partition(CANDIDATES).manifest().meta
+        chain = consistent_chain(store, version)
+        screened_partition, screened_manifest = ctx.partition(DECONTAMINATED), chain[DECONTAMINATED]
+        gathered, dedup_meta, decontam_meta = chain[CANDIDATES].meta, chain[DEDUPLICATED].meta, screened_manifest.meta
+        columns = ["id", "origin", "quality_mean", "lint_passed", "in_dataset", "ann_key"]
+        parts = list(screened_partition.snapshot_batches(screened_manifest, columns, 65_536))
+        small_schema = pa.schema([SCREENED_SCHEMA.field(c) for c in columns])
+        small = pa.Table.from_batches(parts, schema=small_schema) if parts else small_schema.empty_table()
         sources = gathered["sources"]
         answer_thresholds = [s["answer_threshold"] for s in sources if s.get("answer_threshold") is not None]
         publish_thresholds = [s["quality_threshold"] for s in sources if s.get("quality_threshold") is not None]
-        made = variants(
-            screened,
+        released = np.asarray(small["in_dataset"].to_numpy(zero_copy_only=False), dtype=bool)
+        made = plan(
+            small,
             thresholds=settings.quality_thresholds,
             mixes=settings.mixes,
             lint_unfiltered=settings.lint_variant,
             publish_threshold=max(publish_thresholds) if publish_thresholds else 6.0,
             answered_from=max(answer_thresholds) if answer_thresholds else None,
         )
-        tables = export.shard_files(export_table(released), "data", settings.max_shard_rows)
-        configs = {"default": ("data/train-*", released.num_rows)}
-        for v in made:
-            tables.update(export.shard_files(export_table(v.table), f"variants/{v.name}", settings.max_shard_rows))
-            configs[v.name] = (f"variants/{v.name}/train-*", v.table.num_rows)
-        dedup_meta = ctx.partition(DEDUPLICATED).manifest().meta
-        decontam_meta = ctx.partition(DECONTAMINATED).manifest().meta
-        roles: dict[str, Any] = {}
-        prompts: dict[str, str] = {}
-        for source in sources:
-            roles.update(source.get("roles") or {})
-            prompts.update(source.get("prompt_versions") or {})
-        summary = {
-            "version": version,
-            "start_date": gathered.get("start_date"),
-            "end_date": gathered.get("end_date"),
-            "rows": released.num_rows,
-            "candidates": ctx.partition(CANDIDATES).manifest().rows,
-            "origins": dict(Counter(released["origin"].to_pylist())),
-            "sources": [{k: v for k, v in s.items() if k not in ("roles", "prompt_versions")} for s in sources],
-            "roles": roles,
-            "prompt_versions": prompts,
-            "earlier_releases": dedup_meta.get("earlier_releases", []),
-            "dedup": {k: dedup_meta.get(k) for k in ("dropped", "near_threshold", "semantic_threshold")},
-            "decontamination": {
-                k: decontam_meta.get(k) for k in ("benchmarks", "benchmark_items", "ngram", "ngram_overlap", "max_cosine", "dropped")
-            },
-            "complexity_by_origin": _merge_complexity(sources),
-            "variants": [{"name": v.name, "description": v.description, "rows": v.table.num_rows, "note": v.note} for v in made],
-        }
-        folder = export.release_path(store, version)
-        dataset_ref = settings.hub_repo_id if settings.push_to_hub and settings.hub_repo_id else _local(store, folder)
-        texts = {
-            "README.md": card.dataset_card(rel.EXPORT_SCHEMA, configs, settings.license, summary),
-            "sft_config.yaml": sft_config.sft_config_yaml(dataset_ref, model=settings.sft_model, output_dir=f"sft-{version}"),
-            "report.json": export.report_json({**summary, "dropped_rows": dropped_rows(store, version)}),
-        }
-        folder = export.write_release(store, version, tables, texts)
-        index = screened.filter(pc.field("in_dataset")).select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
-        store.partition(PIPELINE, INDEX, version).write_and_commit(index, meta={"version": version}, schema=INDEX_SCHEMA)
-        pushed = self._push(store, folder, version) if settings.push_to_hub else None
-        log.info(
-            "release %s: %d rows in %s; variants %s",
-            version,
-            released.num_rows,
-            store.url(folder),
-            {v.name: v.table.num_rows for v in made},
-        )
+        rows = int(released.sum())
+        folder = export.FolderWriter(store, version)
+        try:
+            splits = [(released, folder.shards("data", rel.EXPORT_SCHEMA, rows, settings.max_shard_rows))]
+            splits += [
+                (v.mask, folder.shards(f"variants/{v.name}", rel.EXPORT_SCHEMA, int(v.mask.sum()), settings.max_shard_rows)) for v in made
+            ]
+            at = 0
+            for batch in screened_partition.snapshot_batches(screened_manifest, rel.EXPORT_SCHEMA.names):
+                table = pa.Table.from_batches([batch])
+                for mask, writer in splits:
+                    part = mask[at : at + table.num_rows]
+                    if part.any():
+                        writer.write(table.filter(pa.array(part)))
+                at += table.num_rows
+                self._lease.keep_alive()
+            for _, writer in splits:
+                writer.close()
+            configs = {"default": ("data/train-*", rows)}
+            configs.update({v.name: (f"variants/{v.name}/train-*", int(v.mask.sum())) for v in made})
+            roles: dict[str, Any] = {}
+            prompts: dict[str, str] = {}
+            for source in sources:
+                roles.update(source.get("roles") or {})
+                prompts.update(source.get("prompt_versions") or {})
+            summary = {
+                "version": version,
+                "start_date": gathered.get("start_date"),
+                "end_date": gathered.get("end_date"),
+                "rows": rows,
+                "candidates": chain[CANDIDATES].rows,
+                "origins": dict(Counter(small["origin"].filter(pa.array(released)).to_pylist())),
+                "sources": [{k: v for k, v in s.items() if k not in ("roles", "prompt_versions")} for s in sources],
+                "roles": roles,
+                "prompt_versions": prompts,
+                "earlier_releases": dedup_meta.get("earlier_releases", []),
+                "dedup": {k: dedup_meta.get(k) for k in ("dropped", "near_threshold", "semantic_threshold")},
+                "decontamination": {
+                    k: decontam_meta.get(k)
+                    for k in ("benchmarks", "benchmark_items", "ngram", "ngram_overlap", "max_cosine", "max_cosine_response", "dropped")
+                },
+                "complexity_by_origin": _merge_complexity(sources),
+                "variants": [{"name": v.name, "description": v.description, "rows": int(v.mask.sum()), "note": v.note} for v in made],
+            }
+            final = export.release_path(store, version)
+            dataset_ref = settings.hub_repo_id if settings.push_to_hub and settings.hub_repo_id else _local(store, final)
+            folder.text("README.md", card.dataset_card(rel.EXPORT_SCHEMA, configs, settings.license, summary))
+            folder.text("sft_config.yaml", sft_config.sft_config_yaml(dataset_ref, model=settings.sft_model, output_dir=f"sft-{version}"))
+            folder.text("report.json", export.report_json({**summary, "dropped_rows": dropped_rows(store, version)}))
+            self._lease.renew()  # still ours: publish
+            final = folder.publish()
+        except BaseException:
+            folder.discard()
+            raise
+        self._write_index(screened_partition, screened_manifest, small, released, dedup_meta.get("ann"), scratch)
+        pushed = self._push(store, final, version) if settings.push_to_hub else None
+        log.info("release %s: %d rows in %s; variants %s", version, rows, store.url(final), {v.name: int(v.mask.sum()) for v in made})
         meta = {
-            "folder": store.url(folder),
+            "folder": store.url(final),
             "start_date": gathered.get("start_date"),
             "end_date": gathered.get("end_date"),
-            "variants": {v.name: v.table.num_rows for v in made},
+            "variants": {v.name: int(v.mask.sum()) for v in made},
             "hub": pushed,
+            "build": _new_build(screened_manifest),
         }
-        return StepOutput(export_table(released), released.num_rows, meta=meta)
+        published = ctx.partition(DECONTAMINATED)  # the table of this step: the released rows, streamed by the commit
+        out = _Spill(scratch, rel.EXPORT_SCHEMA)
+        for batch in published.snapshot_batches(screened_manifest, rel.EXPORT_SCHEMA.names + ["in_dataset"]):
+            out.write(pa.Table.from_batches([batch]).filter(pc.field("in_dataset")))
+        out.close()
+        return StepOutput(SpilledTable([out], rel.EXPORT_SCHEMA).as_table(), rows, meta=meta)
+
+    def _write_index(
+        self, partition: Partition, manifest: Manifest, small: pa.Table, released: np.ndarray, dedup_ann: str | None, scratch: str
+    ) -> None:
+        """The released rows' keys for later releases' dedup, and their HNSW index: the dedup
+        step's, minus the rows not released, keys renamed to the index's row order."""
+        ctx: RunContext = self.ctx
+        store, version = ctx.store, ctx.ds
+        index_partition = store.partition(PIPELINE, INDEX, version)
+        ann = None
+        if dedup_ann and released.any() and store.fs.exists(posixpath.join(store.root, dedup_ann)):
+            from usearch.index import Index
+
+            hnsw = Index.restore(_local_copy(store, posixpath.join(store.root, dedup_ann), scratch))
+            if hnsw is None:
+                raise ConcurrentRelease(f"release {version}: {dedup_ann} is not a usearch index")
+            keys = np.asarray(small["ann_key"].to_numpy(zero_copy_only=False), dtype=np.uint64)[released]
+            stale = np.setdiff1d(np.asarray(hnsw.keys, dtype=np.uint64), keys)
+            if len(stale):
+                hnsw.remove(stale)
+            hnsw.rename(keys, ANN_BASE + np.arange(len(keys), dtype=np.uint64))
+            ann = posixpath.relpath(store.side_path(PIPELINE, INDEX_ANN_AREA, version, f"index-{uuid.uuid4().hex[:8]}.usearch"), store.root)
+            _save_ann(store, hnsw, posixpath.join(store.root, ann), scratch)
+            del hnsw
+
+        def rows() -> Iterator[pa.RecordBatch]:
+            for batch in partition.snapshot_batches(manifest, [*INDEX_SCHEMA.names, "in_dataset"]):
+                table = pa.Table.from_batches([batch]).filter(pc.field("in_dataset"))
+                self._lease.keep_alive()
+                yield from table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA).to_batches()
+
+        if dedup_ann:  # the dedup steps' indexes of other (superseded) builds of this version
+            folder = posixpath.dirname(posixpath.join(store.root, dedup_ann))
+            for path in store.fs.ls(folder, detail=False) if store.fs.exists(folder) else []:
+                if posixpath.basename(path) != posixpath.basename(dedup_ann):
+                    store.fs.rm(path)
+        data = index_partition.write_file(0, rows(), INDEX_SCHEMA)
+        previous = index_partition.manifest().meta.get("ann") if index_partition.exists() else None
+        index_partition.commit([data], INDEX_SCHEMA, meta={"version": version, "ann": ann})
+        if previous and previous != ann and store.fs.exists(posixpath.join(store.root, previous)):
+            store.fs.rm(posixpath.join(store.root, previous))  # the index it replaced
 
     def _push(self, store: Store, folder: str, version: str) -> dict[str, Any]:
         settings: ReleaseSettings = self.ctx.settings

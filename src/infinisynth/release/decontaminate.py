@@ -9,7 +9,10 @@ Two measures, either one enough, each hit naming the benchmark and the item:
   ``ngram_overlap`` (0: any shared n-gram). N-grams are 64-bit hashes checked in bulk per batch
   (numpy), so the cost is a pass over the rows' words, not rows x items.
 - **embedding similarity** (Infinity Instruct's method): cosine of the prompt's embedding (the
-  one dedup computed) to each item's at least ``max_cosine`` catches paraphrases.
+  one dedup computed) to each item's prompt at least ``max_cosine``, and of the responses'
+  embedding to each item's prompt + reference solution at least ``max_cosine_response``, catches
+  paraphrases. Responses get their own threshold: code answers to different problems of one kind
+  look more alike to MiniLM than their prompts do.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class DecontamSettings:
     ngram: int = 13
     ngram_overlap: float = 0.0
     max_cosine: float = 0.75
+    max_cosine_response: float = 0.9
     batch_size: int = 4096
 
 
@@ -64,14 +68,16 @@ def _gram_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
 
 
 class BenchmarkIndex:
-    """The benchmark items' n-gram hashes (for prompts and for responses) and prompt embeddings."""
+    """The benchmark items' n-gram hashes and embeddings, for prompts (the item's text) and for
+    responses (its text + reference solution)."""
 
     def __init__(self, items: Sequence[BenchmarkItem], embed: Embedder, settings: DecontamSettings):
         self.items = list(items)
         self.settings = settings
         self.prompt_grams = self._grams([i.text for i in self.items])
         self.response_grams = self._grams([i.solution or i.text for i in self.items])
-        self.embeddings = np.asarray(embed([i.text for i in self.items]), dtype=np.float32) if self.items else np.zeros((0, 1), np.float32)
+        self.embeddings = _embed(embed, [i.text for i in self.items])
+        self.response_embeddings = _embed(embed, [i.solution or i.text for i in self.items])
 
     def _grams(self, texts: Sequence[str]) -> tuple[dict[int, list[int]], np.ndarray, list[int]]:
         owners: dict[int, list[int]] = defaultdict(list)
@@ -82,6 +88,22 @@ class BenchmarkIndex:
             for g in grams.tolist():
                 owners[g].append(j)
         return owners, np.sort(np.fromiter(owners, dtype=np.uint64, count=len(owners))), sizes
+
+
+def _embed(embed: Embedder, texts: Sequence[str]) -> np.ndarray:
+    return np.asarray(embed(texts), dtype=np.float32) if texts else np.zeros((0, 1), np.float32)
+
+
+def _embedding_hits(vectors: np.ndarray, field: str, items: np.ndarray, threshold: float, index: BenchmarkIndex, offset: int) -> list[Hit]:
+    if not len(vectors) or not len(items):
+        return []
+    sims = np.asarray(vectors, dtype=np.float32) @ items.T
+    best = sims.argmax(axis=1)
+    top = sims[np.arange(len(best)), best]
+    return [
+        Hit(offset + i, index.items[int(best[i])].benchmark, index.items[int(best[i])].item, "embedding", field, round(float(top[i]), 4))
+        for i in np.nonzero(top >= threshold)[0].tolist()
+    ]
 
 
 def _ngram_hits(
@@ -119,26 +141,32 @@ def _ngram_hits(
     return hits
 
 
-def screen(prompts: Sequence[str], responses: Sequence[str], prompt_embeddings: np.ndarray, index: BenchmarkIndex) -> list[Hit]:
-    """The first hit of every contaminated row (n-gram on the prompt, then on the responses, then
-    embedding similarity of the prompt), in row order."""
+def screen(
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    prompt_embeddings: np.ndarray,
+    index: BenchmarkIndex,
+    response_embeddings: np.ndarray | None = None,
+    offset: int = 0,
+) -> list[Hit]:
+    """The first hit of every contaminated row (n-grams of the prompt, then of the responses, then
+    the prompt's embedding, then the responses'), in row order; rows numbered from ``offset``."""
     if not index.items:
         return []
     found: dict[int, Hit] = {}
     size = index.settings.batch_size
     for start in range(0, len(prompts), size):
         end = min(len(prompts), start + size)
-        for hit in _ngram_hits(prompts[start:end], "prompt", index.prompt_grams, index, start):
+        at = offset + start
+        hits = [
+            *_ngram_hits(prompts[start:end], "prompt", index.prompt_grams, index, at),
+            *_ngram_hits(responses[start:end], "response", index.response_grams, index, at),
+            *_embedding_hits(prompt_embeddings[start:end], "prompt", index.embeddings, index.settings.max_cosine, index, at),
+        ]
+        if response_embeddings is not None:
+            hits += _embedding_hits(
+                response_embeddings[start:end], "response", index.response_embeddings, index.settings.max_cosine_response, index, at
+            )
+        for hit in hits:
             found.setdefault(hit.row, hit)
-        for hit in _ngram_hits(responses[start:end], "response", index.response_grams, index, start):
-            found.setdefault(hit.row, hit)
-        vectors = np.asarray(prompt_embeddings[start:end], dtype=np.float32)
-        if len(vectors):
-            sims = vectors @ index.embeddings.T
-            best = sims.argmax(axis=1)
-            for i in np.nonzero(sims[np.arange(len(best)), best] >= index.settings.max_cosine)[0].tolist():
-                item = index.items[int(best[i])]
-                found.setdefault(
-                    start + i, Hit(start + i, item.benchmark, item.item, "embedding", "prompt", round(float(sims[i, best[i]]), 4))
-                )
     return [found[row] for row in sorted(found)]

@@ -9,13 +9,17 @@
   report.json                            counts, and every dropped row with its method and counterpart
 ```
 
-Files are written to a staging folder first and moved in, so a reader never sees half a release;
-a re-run of a version replaces it.
+Files are written to a staging folder first and swapped in (the old folder renamed away, the new
+one renamed in, on local disk two renames), so a reader never sees half a release; a re-run of a
+version replaces it. Callers serialize writers of one version (the export holds the release
+partition's lease). Shards are streamed in, one row group at a time. A split without rows is one
+Parquet file with the schema and no row group: ``pyarrow.dataset``, DuckDB and ``datasets``
+streaming read it as zero rows with the right columns (``datasets`` 5.2 refuses any zero-row
+split when not streaming).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import uuid
@@ -25,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infinisynth.storage import Store
+from infinisynth.storage import ROW_GROUP_ROWS, Store
 
 RELEASES = "releases"
 
@@ -40,25 +44,93 @@ def shard_files(table: pa.Table, folder: str, max_rows: int) -> dict[str, pa.Tab
     return {posixpath.join(folder, f"train-{n:05d}-of-{count:05d}.parquet"): table.slice(n * max_rows, max_rows) for n in range(count)}
 
 
+class ShardWriter:
+    """One split as ``train-XXXXX-of-YYYYY.parquet`` shards of at most ``max_rows`` rows, streamed."""
+
+    def __init__(self, fs: Any, folder: str, schema: pa.Schema, total_rows: int, max_rows: int):
+        self.fs, self.folder, self.schema, self.max_rows = fs, folder, schema, max_rows
+        self.count = max(1, -(-total_rows // max_rows))
+        self.shard, self.in_shard, self.rows = 0, 0, 0
+        self._sink: Any = None
+        self._writer: pq.ParquetWriter | None = None
+        fs.makedirs(folder, exist_ok=True)
+
+    def _open(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            path = posixpath.join(self.folder, f"train-{self.shard:05d}-of-{self.count:05d}.parquet")
+            self._sink = self.fs.open(path, "wb")
+            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+        return self._writer
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = None
+            self.shard += 1
+            self.in_shard = 0
+
+    def write(self, table: pa.Table) -> None:
+        while table.num_rows:
+            room = self.max_rows - self.in_shard
+            part, table = table.slice(0, room), table.slice(room)
+            self._open().write_table(part.cast(self.schema), row_group_size=ROW_GROUP_ROWS)
+            self.in_shard += part.num_rows
+            self.rows += part.num_rows
+            if self.in_shard >= self.max_rows:
+                self._close_shard()
+
+    def close(self) -> None:
+        if self.rows == 0:
+            self._open()  # a split without rows is still a file: the schema, no row group
+        self._close_shard()
+        if self.shard != self.count:
+            raise RuntimeError(f"{self.folder}: wrote {self.shard} shards of {self.rows} rows, announced {self.count}")
+
+
+class FolderWriter:
+    """A release folder built in a staging folder and swapped in by :meth:`publish`."""
+
+    def __init__(self, store: Store, version: str):
+        self.store, self.version = store, version
+        self.staging = posixpath.join(store.root, RELEASES, f"_staging-{version}-{uuid.uuid4().hex[:8]}")
+        store.fs.makedirs(self.staging, exist_ok=True)
+
+    def shards(self, folder: str, schema: pa.Schema, total_rows: int, max_rows: int) -> ShardWriter:
+        return ShardWriter(self.store.fs, posixpath.join(self.staging, folder), schema, total_rows, max_rows)
+
+    def text(self, relative: str, text: str) -> None:
+        path = posixpath.join(self.staging, relative)
+        self.store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.store.fs.pipe_file(path, text.encode("utf-8"))
+
+    def publish(self) -> str:
+        fs, final = self.store.fs, release_path(self.store, self.version)
+        old = posixpath.join(self.store.root, RELEASES, f"_retired-{self.version}-{uuid.uuid4().hex[:8]}")
+        if fs.exists(final):
+            fs.mv(final, old, recursive=True)  # renamed away whole, never emptied in place
+        fs.mv(self.staging, final, recursive=True)
+        if fs.exists(old):
+            fs.rm(old, recursive=True)
+        return final
+
+    def discard(self) -> None:
+        if self.store.fs.exists(self.staging):
+            self.store.fs.rm(self.staging, recursive=True)
+
+
 def write_release(store: Store, version: str, tables: Mapping[str, pa.Table], texts: Mapping[str, str]) -> str:
     """Write the folder (Parquet files by relative path, text files by relative path); returns its path."""
-    final = release_path(store, version)
-    staging = posixpath.join(store.root, RELEASES, f"_staging-{version}-{uuid.uuid4().hex[:8]}")
-    fs = store.fs
+    writer = FolderWriter(store, version)
     for relative, table in tables.items():
-        path = posixpath.join(staging, relative)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        fs.pipe_file(path, buffer.getvalue())
+        path = posixpath.join(writer.staging, relative)
+        store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with store.fs.open(path, "wb") as sink, pq.ParquetWriter(sink, table.schema, compression="zstd") as out:
+            if table.num_rows:  # no row group at all for an empty split (see the module's note)
+                out.write_table(table, row_group_size=ROW_GROUP_ROWS)
     for relative, text in texts.items():
-        path = posixpath.join(staging, relative)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        fs.pipe_file(path, text.encode("utf-8"))
-    if fs.exists(final):
-        fs.rm(final, recursive=True)
-    fs.mv(staging, final, recursive=True)
-    return final
+        writer.text(relative, text)
+    return writer.publish()
 
 
 def upload_operations(store: Store, folder: str) -> list[Any]:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 
 @dataclass(frozen=True)
@@ -34,12 +33,11 @@ def _order(ids: Sequence[str]) -> list[int]:
     return sorted(range(len(ids)), key=lambda i: hashlib.sha256(ids[i].encode()).digest())
 
 
-def mix(table: pa.Table, reverse_share: float) -> pa.Table:
-    """The table with reverse:backfeed rows at ``reverse_share`` : 1 - ``reverse_share``."""
-    origin = table["origin"].to_pylist()
-    ids = table["id"].to_pylist()
-    reverse = [i for i in _order(ids) if origin[i] == "reverse"]
-    backfeed = [i for i in _order(ids) if origin[i] == "backfeed"]
+def mix_mask(ids: Sequence[str], origin: Sequence[str], reverse_share: float) -> np.ndarray:
+    """Which rows a reverse:backfeed mix at ``reverse_share`` : 1 - ``reverse_share`` keeps."""
+    order = _order(ids)
+    reverse = [i for i in order if origin[i] == "reverse"]
+    backfeed = [i for i in order if origin[i] == "backfeed"]
     if reverse_share >= 1:
         r, b = len(reverse), 0
     elif reverse_share <= 0:
@@ -48,9 +46,14 @@ def mix(table: pa.Table, reverse_share: float) -> pa.Table:
         total = min(len(reverse) / reverse_share, len(backfeed) / (1 - reverse_share))
         r, b = int(round(total * reverse_share)), int(round(total * (1 - reverse_share)))
         r, b = min(r, len(reverse)), min(b, len(backfeed))
-    chosen = set(reverse[:r]) | set(backfeed[:b])
-    mask = [o not in ("reverse", "backfeed") or i in chosen for i, o in enumerate(origin)]
-    return table.filter(pa.array(mask, pa.bool_()))
+    mask = np.array([o not in ("reverse", "backfeed") for o in origin], dtype=bool)
+    mask[np.asarray(reverse[:r] + backfeed[:b], dtype=np.int64)] = True
+    return mask
+
+
+def mix(table: pa.Table, reverse_share: float) -> pa.Table:
+    """The table with reverse:backfeed rows at ``reverse_share`` : 1 - ``reverse_share``."""
+    return table.filter(pa.array(mix_mask(table["id"].to_pylist(), table["origin"].to_pylist(), reverse_share), pa.bool_()))
 
 
 def parse_mix(text: str) -> tuple[int, int]:
@@ -64,6 +67,55 @@ def parse_mix(text: str) -> tuple[int, int]:
     return r, b
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A variant as a row mask over the screened rows (what a streaming export writes)."""
+
+    name: str
+    description: str
+    mask: np.ndarray
+    note: str = ""
+
+
+def plan(
+    columns: pa.Table,
+    *,
+    thresholds: Sequence[float],
+    mixes: Sequence[str],
+    lint_unfiltered: bool,
+    publish_threshold: float,
+    answered_from: float | None,
+) -> list[Plan]:
+    """Every requested variant's rows, from the screened rows' ``id``, ``origin``, ``quality_mean``,
+    ``lint_passed`` and ``in_dataset`` columns only."""
+    out = []
+    quality = np.asarray(columns["quality_mean"].to_numpy(zero_copy_only=False), dtype=np.float64)
+    lint = np.asarray(columns["lint_passed"].to_numpy(zero_copy_only=False), dtype=bool)
+    in_dataset = np.asarray(columns["in_dataset"].to_numpy(zero_copy_only=False), dtype=bool)
+    unscored = np.isnan(quality)
+    for threshold in thresholds:
+        mask = lint & (unscored | (np.nan_to_num(quality, nan=-1.0) >= threshold))
+        note = ""
+        if answered_from is not None and threshold < answered_from:
+            note = f"incomplete: the code pipeline answered only problems scoring >= {answered_from:g} (its answer_threshold)"
+        out.append(Plan(f"quality_{threshold:g}", f"lint-passed rows with quality >= {threshold:g}", mask, note))
+    if mixes:
+        released = np.nonzero(in_dataset)[0]
+        ids = columns["id"].take(released).to_pylist()
+        origin = columns["origin"].take(released).to_pylist()
+        for text in mixes:
+            r, b = parse_mix(text)
+            mask = np.zeros(len(in_dataset), dtype=bool)
+            mask[released[mix_mask(ids, origin, r / 100)]] = True
+            out.append(Plan(f"mix_{r}_{b}", f"the release with reverse:backfeed rows at {r}:{b}", mask))
+    if lint_unfiltered:
+        mask = in_dataset | (~lint & (unscored | (np.nan_to_num(quality, nan=-1.0) >= publish_threshold)))
+        out.append(
+            Plan("lint_unfiltered", f"no lint gate: the release plus lint-rejected pairs with quality >= {publish_threshold:g}", mask)
+        )
+    return out
+
+
 def variants(
     screened: pa.Table,
     *,
@@ -74,28 +126,12 @@ def variants(
     answered_from: float | None,
 ) -> list[Variant]:
     """Every requested variant of the screened rows (``in_dataset`` = the release)."""
-    release = screened.filter(pc.field("in_dataset"))
-    out = []
-    quality = np.asarray(screened["quality_mean"].to_numpy(zero_copy_only=False), dtype=np.float64)
-    lint = np.asarray(screened["lint_passed"].to_numpy(zero_copy_only=False), dtype=bool)
-    in_dataset = np.asarray(screened["in_dataset"].to_numpy(zero_copy_only=False), dtype=bool)
-    unscored = np.isnan(quality)
-    for threshold in thresholds:
-        mask = lint & (unscored | (np.nan_to_num(quality, nan=-1.0) >= threshold))
-        note = ""
-        if answered_from is not None and threshold < answered_from:
-            note = f"incomplete: the code pipeline answered only problems scoring >= {answered_from:g} (its answer_threshold)"
-        out.append(Variant(f"quality_{threshold:g}", f"lint-passed rows with quality >= {threshold:g}", screened.filter(mask), note))
-    for text in mixes:
-        r, b = parse_mix(text)
-        out.append(Variant(f"mix_{r}_{b}", f"the release with reverse:backfeed rows at {r}:{b}", mix(release, r / 100)))
-    if lint_unfiltered:
-        mask = in_dataset | (~lint & (unscored | (np.nan_to_num(quality, nan=-1.0) >= publish_threshold)))
-        out.append(
-            Variant(
-                "lint_unfiltered",
-                f"no lint gate: the release plus lint-rejected pairs with quality >= {publish_threshold:g}",
-                screened.filter(mask),
-            )
-        )
-    return out
+    plans = plan(
+        screened,
+        thresholds=thresholds,
+        mixes=mixes,
+        lint_unfiltered=lint_unfiltered,
+        publish_threshold=publish_threshold,
+        answered_from=answered_from,
+    )
+    return [Variant(p.name, p.description, screened.filter(pa.array(p.mask)), p.note) for p in plans]

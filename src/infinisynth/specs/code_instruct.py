@@ -1,7 +1,7 @@
 """Infinite-Instruct, the code-instruction pipeline, declared.
 
 seeds -> reverse -> keywords -> [knowledge graph -> combinations] -> backfeed
-      -> quality (reverse + backfeed problems) -> respond -> verify (static lint gate) -> dataset
+      -> quality (reverse + backfeed problems) -> respond -> verify (static lint gate) -> write_tests -> execute (test gate) -> dataset
 seeds -> seed_quality (the seeds' own problems, for the complexity-by-origin report)
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from infinisynth.spec import PipelineSettings, PipelineSpec, Step
-from infinisynth.specs.common import LintGate, QualityGate, answered_and_verified
+from infinisynth.specs.common import VERIFIED, LintGate, QualityGate, answered_and_verified
 
 PIPELINE = "code_instruct"
 
@@ -88,7 +88,8 @@ SPEC = PipelineSpec(
             task="assess_seed_problems",
             in_funnel=False,
             settings={"samples": "quality_samples", "threshold": "quality_threshold"},
-            when=lambda settings: settings.score_seed_problems,
+            # Mined snippets carry no problems: nothing to score, so the step is off for them.
+            when=lambda settings: settings.score_seed_problems and settings.seed_source != "mine",
         ),
         Step("keywords", "infinisynth.stages.keywords:KeywordExtraction", upstream=("reverse",), task="extract_keywords"),
         Step(
@@ -118,7 +119,7 @@ SPEC = PipelineSpec(
             "dataset",
             "infinisynth.pipelines.code_instruct:Publish",
             "global",
-            upstream=("verify", "seed_quality"),
+            upstream=(VERIFIED, "seed_quality"),
             task="publish",
             in_funnel=False,
         ),

@@ -2,7 +2,7 @@
 
     [start: target model, iteration number, settings] -> diagnosis_set -> answer (target)
       -> verdict (oracle) -> [aggregate: groups, ranking, accuracy] targets -> targeted (generator)
-      -> [leakage screen] leakage -> quality (judge) -> respond (generator) -> verify (lint gate)
+      -> [leakage screen] leakage -> quality (judge) -> respond (generator) -> verify (lint gate) -> write_tests -> execute (test gate)
       -> dataset (targeted chat rows, the iteration row, the report)
 
 Every table of an iteration lives under ``{root}/diagnosis/{stage}/ds={date}.iter{NNNN}/`` (the
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from infinisynth.spec import PipelineSettings, PipelineSpec, Step
-from infinisynth.specs.common import LintGate, QualityGate, answered_and_verified
+from infinisynth.specs.common import VERIFIED, LintGate, QualityGate, answered_and_verified
 
 PIPELINE = "diagnosis"
 HOLDOUT_SOURCE = "holdout"
@@ -98,7 +98,7 @@ SPEC = PipelineSpec(
         Step("leakage", f"{_DIAGNOSIS}:ScreenLeakage", "global", upstream=("targeted",), task="screen_leakage"),
         Step("quality", "infinisynth.stages.quality:QualityAssessment", upstream=("leakage",), task="assess_quality", settings=_QUALITY),
         *answered_and_verified("quality"),
-        Step("dataset", f"{_DIAGNOSIS}:Publish", "global", upstream=("verify",), task="publish", in_funnel=False),
+        Step("dataset", f"{_DIAGNOSIS}:Publish", "global", upstream=(VERIFIED,), task="publish", in_funnel=False),
     ),
     context=f"{_DIAGNOSIS}:run_context",
 )

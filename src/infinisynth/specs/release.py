@@ -64,6 +64,13 @@ class ReleaseSettings(PipelineSettings):
     decontam_max_cosine: float = Field(
         0.75, gt=0, le=1, description="Drop a row whose prompt has MiniLM cosine at least this to a benchmark item"
     )
+    decontam_max_cosine_response: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Drop a row whose responses have MiniLM cosine at least this to a benchmark item's prompt + solution "
+        "(measured: a restated HumanEval solution 0.93+, HumanEval items against each other up to 0.9 at the 99th percentile)",
+    )
     quality_thresholds: list[float] = Field(
         default_factory=lambda: [4.0, 5.0, 6.0, 7.0],
         description="Variants: one export per quality threshold (Infinite-Instruct's ablation)",

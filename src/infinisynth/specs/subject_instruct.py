@@ -57,6 +57,9 @@ class SubjectSettings(PipelineSettings):
     )
     min_followups: int = Field(1, ge=1, le=4, description="Multi-turn: fewest follow-up rounds (paper: 1)")
     max_followups: int = Field(4, ge=1, le=4, description="Multi-turn: most follow-up rounds (paper: 4)")
+    followup_attempts: int = Field(
+        3, ge=1, le=10, description="Multi-turn: draws of a follow-up question (new sampling seed each) before a repeat rejects the row"
+    )
     difficulty_samples: int = Field(1, ge=1, description="Judge ratings averaged per difficulty score")
     sampling_seed: int = Field(0, description="Random seed for evolution operations and follow-up counts")
     # models
@@ -65,6 +68,13 @@ class SubjectSettings(PipelineSettings):
     generator_model: str | None = Field(None, description="Override the generator connection's model")
     generator_temperature: float | None = Field(None, ge=0, le=2, description="Override the generator's temperature")
     generator_max_tokens: int | None = Field(None, gt=0, description="Override the generator's max_tokens")
+    followup_model: str | None = Field(None, description="Override the follow-up role's model (its connection, else the generator's)")
+    followup_frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Multi-turn: frequency penalty of the follow-up role (none: its connection's)"
+    )
+    followup_presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Multi-turn: presence penalty of the follow-up role (none: its connection's)"
+    )
     oracle_model: str | None = Field(None, description="Override the oracle connection's model")
     judge_model: str | None = Field(None, description="Override the judge connection's model")
 

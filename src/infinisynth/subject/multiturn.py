@@ -5,10 +5,18 @@ cut off, only punctuation, or a short refusal rejects the instruction (Evol-Inst
 the model cannot answer it).
 
 :class:`MultiTurn` extends a kept single-turn pair with 1-4 follow-up rounds (the paper's range; the
-count per row is seeded by the row id, so re-runs agree): the generator writes the next user turn
-from the conversation so far, then answers it with the whole conversation as context. A follow-up
-that repeats an earlier user turn, or an answer that fails the checks above, rejects the row with
-that reason. The result is stored as chat ``messages``.
+count per row is seeded by the row id, so re-runs agree): the ``followup`` role (the generator's
+connection unless it has its own) writes the next user turn from the conversation so far, then
+answers it with the whole conversation as context.
+
+Follow-ups are kept distinct by construction, not only by a check: each round of a conversation
+asks a different *kind* of follow-up (:data:`FOLLOWUP_KINDS`: a worked example, an edge case, an
+alternative, why a step works, a new requirement), drawn per row without repetition by a generator
+seeded with the row id; the role may carry repetition penalties (``followup_frequency_penalty``,
+``followup_presence_penalty``). A follow-up that still repeats an earlier user turn (the same
+words, or most of its word trigrams) is drawn again with another sampling seed, up to
+``followup_attempts`` times, and only then rejects the row as ``repeated_turn``; an answer that
+fails the checks above rejects the row with that reason. The result is stored as chat ``messages``.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from infinisynth.records import content_id, schema_with
 from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings
 from infinisynth.stages.publish import MESSAGE_TYPE
 from infinisynth.subject.evolve import CHAIN_FIELDS, EVOLVED_FIELDS
-from infinisynth.subject.oracle import VERIFIED_FIELDS, words
+from infinisynth.subject.oracle import VERIFIED_FIELDS, ngrams, words
 
 ANSWERED_FIELDS = [pa.field("response", pa.string(), nullable=False)]
 ANSWERED_SCHEMA = schema_with(*CHAIN_FIELDS, *EVOLVED_FIELDS, *VERIFIED_FIELDS, *ANSWERED_FIELDS)
@@ -72,10 +80,17 @@ class SurvivorResponse(ModelStage):
         return Passed([self.annotate(row, response=answer.text.strip())])
 
 
+# The kinds of follow-up a round can ask for (the prompt spells each out); a conversation never
+# asks the same kind twice, so its user turns differ in intent, not just in wording.
+FOLLOWUP_KINDS = ("example", "edge_case", "alternative", "explain_step", "new_requirement")
+REPEAT_TRIGRAM_SHARE = 0.7  # a follow-up sharing this share of its word trigrams with an earlier turn repeats it
+
+
 class MultiTurnSettings(StageSettings):
     min_followups: int = 1
     max_followups: int = 4
     sampling_seed: int = 0
+    followup_attempts: int = 3  # draws of a follow-up question before a repeat rejects the row
 
     @model_validator(mode="after")
     def _followups_ordered(self) -> MultiTurnSettings:
@@ -89,6 +104,31 @@ def followup_count(row_id: str, settings: MultiTurnSettings) -> int:
     return rng.randint(settings.min_followups, settings.max_followups)
 
 
+def followup_kinds(row_id: str, count: int, sampling_seed: int = 0) -> list[str]:
+    """The kind of each of a conversation's ``count`` follow-ups: seeded by the row, all different."""
+    rng = random.Random(content_id("followup-kinds", row_id, sampling_seed))
+    return rng.sample(FOLLOWUP_KINDS, min(count, len(FOLLOWUP_KINDS)))
+
+
+_PLACEHOLDER = re.compile(r"^\s*<[^<>]*>\s*$")  # the prompt's "<the user's next message>", copied
+
+
+def repeats(question: str, earlier: list[str]) -> bool:
+    """Whether ``question`` is empty, the prompt's placeholder, or repeats one of the ``earlier``
+    user turns: the same words, or most of its word trigrams taken from one of them."""
+    tokens = words(question)
+    if not tokens or _PLACEHOLDER.match(question):
+        return True
+    mine = ngrams(tokens, 3)
+    for turn in earlier:
+        theirs = words(turn)
+        if tokens == theirs:
+            return True
+        if mine and len(mine & ngrams(theirs, 3)) >= REPEAT_TRIGRAM_SHARE * len(mine):
+            return True
+    return False
+
+
 class MultiTurn(ModelStage):
     """One row, several calls: per round a follow-up question (structured), then its answer (chat)."""
 
@@ -96,16 +136,20 @@ class MultiTurn(ModelStage):
     schema = CONVERSATION_SCHEMA
     prompt = "subject_followup"
     also_renders = (SurvivorResponse.prompt,)  # its system message is the answering persona
-    role = "generator"
+    role = "followup"
     Settings = MultiTurnSettings
     answer = FollowUp
     origin = "multiturn"
     settings: MultiTurnSettings
 
-    def format_input(self, row: Row, messages: Messages | None = None, turn: int = 1) -> Messages:
-        """The follow-up prompt for round ``turn`` of the conversation so far (``messages``)."""
+    def format_input(self, row: Row, messages: Messages | None = None, turn: int = 1, kind: str | None = None) -> Messages:
+        """The follow-up prompt for round ``turn`` (of kind ``kind``) of the conversation so far (``messages``)."""
         messages = messages if messages is not None else opening(row)
-        return self.template.render(messages=messages, tags=list(row.get("tags") or []), domains=list(row.get("domains") or []), turn=turn)
+        if kind is None:
+            kind = followup_kinds(row["id"], turn, self.settings.sampling_seed)[turn - 1]
+        return self.template.render(
+            messages=messages, tags=list(row.get("tags") or []), domains=list(row.get("domains") or []), turn=turn, kind=kind
+        )
 
     def format_output(self, row: Row, answer: Messages) -> Outcome:
         """``answer``: the finished conversation, the opening pair and every follow-up round."""
@@ -117,12 +161,22 @@ class MultiTurn(ModelStage):
         # The answering persona is the response prompt's system message; the turns are the real ones.
         system = [m for m in self.prompts[SurvivorResponse.prompt].render(instruction=row["instruction"]) if m["role"] == "system"]
         wanted = followup_count(row["id"], self.settings)
-        for turn in range(1, wanted + 1):
-            question = (await self.client.structured(self.format_input(row, messages, turn), FollowUp, stage=self.name)).question.strip()
+        kinds = followup_kinds(row["id"], wanted, self.settings.sampling_seed)
+        base_seed = self.client.config.seed or 0
+        for turn, kind in enumerate(kinds, 1):
             earlier = [m["content"] for m in messages if m["role"] == "user"]
-            if not words(question) or any(words(question) == words(e) for e in earlier):
+            prompt = self.format_input(row, messages, turn, kind)
+            for attempt in range(self.settings.followup_attempts):
+                # A repeat is drawn again with another sampling seed (None: the role's own for the first).
+                seed = None if attempt == 0 else base_seed + 1000 * attempt
+                question = (await self.client.structured(prompt, FollowUp, stage=self.name, seed=seed)).question.strip()
+                if not repeats(question, earlier):
+                    break
+            else:
                 return Rejected(
-                    "repeated_turn", f"follow-up {turn} of {wanted} repeats an earlier user turn or is empty", raw_answer=question
+                    "repeated_turn",
+                    f"follow-up {turn} of {wanted} ({kind}) repeated an earlier user turn or was empty in {self.settings.followup_attempts} draws",
+                    raw_answer=question,
                 )
             answer = await self.client.chat([*system, *messages, {"role": "user", "content": question}], stage=self.name)
             problem = check_answer(answer, self.client.config.max_tokens)

@@ -124,7 +124,7 @@ def funnel(store: Store, pipeline: str, ds: str) -> list[dict[str, Any]]:
     for table, meta in stage_manifests(store, pipeline, ds):
         entry = meta.get("funnel")
         if isinstance(entry, dict) and "rows_in" in entry:
-            entries[entry.get("stage", table)] = {**entry, **{k: meta[k] for k in ("discard_by_language",) if k in meta}}
+            entries[entry.get("stage", table)] = {**entry, **{k: meta[k] for k in _GATE_KEYS if k in meta}}
         elif isinstance(entry, list) and table == PUBLISHED:
             night = [e["stage"] for e in entry if isinstance(e, dict) and "stage" in e]
             for e in entry:
@@ -138,9 +138,13 @@ def _funnel_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: entry.get(k, 0 if k not in ("rejected_by_reason", "pending_by_reason") else {}) for k in keep}
     out["usage"] = {key: _usage(value) for key, value in (entry.get("usage") or {}).items()}
     out["dollars"] = float(entry.get("dollars") or 0.0)
-    if "discard_by_language" in entry:
-        out["discard_by_language"] = entry["discard_by_language"]
+    for key in _GATE_KEYS:
+        if key in entry:
+            out[key] = entry[key]
     return out
+
+
+_GATE_KEYS = ("discard_by_language", "test_pass_by_language")  # the lint and test gates' per-language figures
 
 
 def _usage(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,6 +289,29 @@ def lint_gate(store: Store, pipeline: str, ds: str, entries: Sequence[Mapping[st
     return {
         "by_language": [{"language": lang, **stats} for lang, stats in sorted(by_language.items())],
         "top_findings": {lang: [{"finding": f, "count": n} for f, n in c.most_common(top)] for lang, c in sorted(findings.items())},
+    }
+
+
+def test_gate(store: Store, pipeline: str, ds: str, entries: Sequence[Mapping[str, Any]], top: int = 5) -> dict[str, Any] | None:
+    """The test gate's verdicts and pass rate per language (None when it was off), with the most
+    frequent failure details (the first failing assertion) of the rows it rejected or reported."""
+    execute = next((e for e in entries if e["stage"] == "execute"), None)
+    by_language = dict((execute or {}).get("test_pass_by_language") or {})
+    if not any(stats.get("run") or stats.get("unverified") for stats in by_language.values()):
+        return None  # the gate was off: nothing ran, nothing to show
+    failures: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in _rejected_rows(store, pipeline, ds, "execute", ["input_json", "detail", "reason"]):
+        try:
+            lang = json.loads(row["input_json"] or "{}").get("lang") or "unknown"
+        except ValueError:
+            continue
+        failures[lang][f"{row['reason']}: {(row['detail'] or '')[:120]}"] += 1
+    for row in _table_rows(store, pipeline, "execute", ds, ["lang", "test_verdict", "test_detail"]):
+        if row["test_verdict"] not in (None, "passed", "unverified"):  # report mode keeps them
+            failures[row["lang"] or "unknown"][f"tests_{row['test_verdict']}: {(row['test_detail'] or '')[:120]}"] += 1
+    return {
+        "by_language": [{"language": lang, **stats} for lang, stats in sorted(by_language.items())],
+        "top_failures": {lang: [{"failure": f, "count": n} for f, n in c.most_common(top)] for lang, c in sorted(failures.items())},
     }
 
 
@@ -505,6 +532,8 @@ def run_report(store: Store, ref: RunRef, task_instances: Iterable[Mapping[str, 
         report["complexity"] = complexity(published)
     if any(e["stage"] == "verify" for e in entries):
         report["lint"] = lint_gate(store, ref.pipeline, ref.ds, entries)
+    if any(e["stage"] == "execute" for e in entries):
+        report["tests"] = test_gate(store, ref.pipeline, ref.ds, entries)
     if ref.dag_id == "subject_instruct":
         report["subject"] = subject_section(store, ref.ds)
     if ref.dag_id == "deficiency_diagnosis":

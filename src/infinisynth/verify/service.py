@@ -2,7 +2,7 @@
 
     POST /v1/lint     {"items": [{"id", "language", "code"}]}
                    -> {"results": [{"id", "passed", "findings": [{"tool", "rule", "line", "message"}], "tools": [...]}]}
-    POST /v1/execute  {"items": [{"id", "language": "python", "code", "tests"}]}
+    POST /v1/execute  {"items": [{"id", "language": "python"|"javascript", "code", "tests"}]}
                    -> {"results": [{"id", "verdict", "detail", "seconds"}]}   (bubblewrap sandbox; 503 without it)
     GET  /healthz     -> {"status", "tools": {tool: version}, "fingerprint", "limits", "sandbox"}
 
@@ -101,7 +101,13 @@ def create_app(
             except LinterUnavailable as exc:
                 missing[linter.tool] = str(exc)
         try:
-            sandbox_info: dict[str, Any] = {"available": True, "bubblewrap": sandbox_runner().version, "limits": asdict(exec_limits)}
+            sandboxed = sandbox_runner()
+            sandbox_info: dict[str, Any] = {
+                "available": True,
+                "bubblewrap": sandboxed.version,
+                "languages": sorted(sandboxed.languages()),
+                "limits": asdict(exec_limits),
+            }
         except SandboxUnavailable as exc:
             sandbox_info = {"available": False, "error": str(exc)}
         body = {
@@ -156,13 +162,14 @@ def create_app(
             raise HTTPException(422, f'the body must be {{"items": [{{"id", "language", "code", "tests"}}]}} ({problems})') from None
         if len(parsed.items) > limits.max_items:
             raise HTTPException(422, f"{len(parsed.items)} items in one request; the service takes at most {limits.max_items}")
-        unsupported = next((i for i, item in enumerate(parsed.items) if item.language != "python"), None)
-        if unsupported is not None:
-            raise HTTPException(422, f"items.{unsupported}.language: only python solutions can be executed")
         try:
             sandboxed = sandbox_runner()
         except SandboxUnavailable as exc:
             raise HTTPException(503, f"no sandbox, so nothing is run: {exc}") from None
+        languages = sandboxed.languages()
+        unsupported = next((i for i, item in enumerate(parsed.items) if item.language not in languages), None)
+        if unsupported is not None:
+            raise HTTPException(422, f"items.{unsupported}.language: only {', '.join(sorted(languages))} solutions can be executed")
         done = await sandboxed.run([ExecItem(item.id, item.language, item.code, item.tests) for item in parsed.items])
         return JSONResponse({"results": [asdict(result) for result in done]})
 

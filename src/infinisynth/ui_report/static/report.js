@@ -75,6 +75,14 @@
       layout("Lint gate: discard rate per language", { yaxis: { tickformat: ".0%", range: [0, 1] } }));
   }
 
+  function drawTests(tests) {
+    if (!tests) return;
+    const rows = tests.by_language;
+    plot("chart-tests", [{ type: "bar", name: "pass rate", x: rows.map((t) => esc(t.language)), y: rows.map((t) => t.rate),
+      text: rows.map((t) => t.passed + " of " + t.run + " run (" + t.unverified + " unverified)"), textposition: "auto" }],
+      layout("Test gate: pass rate per language", { yaxis: { tickformat: ".0%", range: [0, 1] } }));
+  }
+
   function drawUsage(usage) {
     const keys = usage.map((u) => esc(u.key));
     plot("chart-tokens", [
@@ -152,6 +160,7 @@
       drawQuality(report.quality);
       drawComplexity(report.complexity);
       drawLint(report.lint);
+      drawTests(report.tests);
       drawSubject(report.subject);
       drawDiagnosis(report.diagnosis);
       drawUsage(report.usage);
