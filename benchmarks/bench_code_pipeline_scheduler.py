@@ -47,6 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support; the library itself is installed
 
+from benchmarks.bench_code_pipeline import ANSWER  # noqa: E402  (the same answers as the dags-test benchmark)
 from infinisynth.settings import store_for  # noqa: E402
 from tests.support.airflow import AirflowHome, make_airflow_home, running_scheduler  # noqa: E402
 from tests.support.fixtures import connection_env  # noqa: E402
@@ -55,19 +56,7 @@ from tests.support.services import running_postgres  # noqa: E402
 
 DAG_ID = "code_instruct"
 DS = "2026-03-01"
-# Every response carries its own code block (named after the prompt's hash), so the lint gate
-# checks as many distinct samples as there are answers (as in bench_code_pipeline.py).
-ANSWER = """Sort the records, then group them.
 
-```python
-from itertools import groupby
-
-
-def summarize_{prompt_digest}(records):
-    ordered = sorted(records, key=lambda r: r["key"])
-    return {key: sum(r["value"] for r in group) for key, group in groupby(ordered, key=lambda r: r["key"])}
-```
-"""
 FOOTPRINT = re.compile(r"task footprint: (\{.*?\})")
 
 

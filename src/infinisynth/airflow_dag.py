@@ -262,8 +262,8 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
             announce(ctx, step, ti, outlet_events, run_id)
             return shards
 
-    @shard_task(**MODEL_TASK)
-    def model_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
+    def run_shard(step: str, shard: dict, run, params, ds) -> dict:
+        """One mapped shard of a model or batch step (the two differ only in pool and slots)."""
         with footprint(step):
             if switched_off(spec, step, params):
                 return {}  # its commit skips switched-off steps: nothing to load, ask or write
@@ -273,18 +273,14 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
             settle()
             with failing_fast(), deferring():
                 return run_step_shard(context(spec, params, ds, run), step, shard)
+
+    @shard_task(**MODEL_TASK)
+    def model_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
+        return run_shard(step, shard, run, params, ds)
 
     @shard_task(**BATCH_TASK)
     def batch_step(step: str, shard: dict, run=None, params=None, ds=None) -> dict:
-        with footprint(step):
-            if switched_off(spec, step, params):
-                return {}  # its commit skips switched-off steps: nothing to load, ask or write
-            gc.disable()  # no full collection over the imports: settle() freezes them
-            from infinisynth.steps import run_step_shard
-
-            settle()
-            with failing_fast(), deferring():
-                return run_step_shard(context(spec, params, ds, run), step, shard)
+        return run_shard(step, shard, run, params, ds)
 
     @task(**REDUCE)
     def commit(step: str, results: list[dict], run=None, params=None, ds=None, ti=None, outlet_events=None, run_id=None) -> list[dict]:
