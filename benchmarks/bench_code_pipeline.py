@@ -84,6 +84,7 @@ def main() -> None:
         funnel = store.partition("code_instruct", "dataset", DS).manifest().meta["funnel"]
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
+    # Tasks that call models (keywords and responses stream inside reverse_construct and assess_quality).
     model_tasks = {"reverse_construct", "extract_keywords", "backfeed_construct", "assess_quality", "generate_responses"}
     model_wall = sum(d["sum_s"] for task, d in durations.items() if task in model_tasks)
     result = {

@@ -18,6 +18,9 @@ It prints one JSON document:
   run's start), how many instances, their summed duration and the longest;
 - ``endpoint_in_flight``: requests in flight at the server, averaged per ``--bin`` seconds
   (capacity 64: below it the endpoint idles);
+- ``stages``: per step, when its first and last rows finished (seconds from the run's start), from
+  the ``stage rows finished`` line each shard of each step logs (``infinisynth.shards``): with
+  fused steps streaming, a step's rows finish while its upstream's are still in flight;
 - ``footprint``: per task, from each task's ``task footprint`` log line
   (:func:`infinisynth.airflow_dag.footprint`): the task process's start-up before its body, peak
   RSS of the task process, CPU of the task and of its children (the lint gate's linters), and
@@ -57,7 +60,9 @@ from tests.support.services import running_postgres  # noqa: E402
 DAG_ID = "code_instruct"
 DS = "2026-03-01"
 
-FOOTPRINT = re.compile(r"task footprint: (\{.*?\})")
+FOOTPRINT = "task footprint:"
+ROWS_FINISHED = "stage rows finished:"  # infinisynth.shards.ROWS_FINISHED
+GATE_TASKS = ("verify_responses", "assess_quality")  # the lint gate's own task, or (fused) the chain's head
 
 
 def when(text: str | None) -> float | None:
@@ -103,22 +108,47 @@ def timeline(home: AirflowHome, run_id: str, started: float) -> tuple[dict[str, 
     return ordered, not_ok
 
 
-def footprints(home: AirflowHome, run_id: str) -> dict[str, Any]:
-    """The ``task footprint`` lines of the run's task logs, summed / maximized per task id."""
+def logged(home: AirflowHome, run_id: str, marker: str) -> dict[str, list[dict[str, Any]]]:
+    """Per task id, the JSON documents that follow ``marker`` in the run's task log lines."""
+    pattern = re.compile(re.escape(marker) + r" (\{.*?\})")
     folder = Path(home.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for log in sorted(folder.glob("task_id=*/**/*.log")):
         task_id = next(p for p in log.parts if p.startswith("task_id=")).split("=", 1)[1]
         for line in log.read_text(errors="replace").splitlines():
-            if "task footprint" not in line:
+            if marker not in line:
                 continue
             try:
                 event = json.loads(line).get("event", line)
             except ValueError:
                 event = line
-            found = FOOTPRINT.search(str(event))
+            found = pattern.search(str(event))
             if found:
                 by_task[task_id].append(json.loads(found.group(1)))
+    return by_task
+
+
+def stage_timeline(home: AirflowHome, run_id: str, started: float) -> dict[str, Any]:
+    """Per step: when its first and last rows finished (from the run's start), its rows and shards."""
+    by_step: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for documents in logged(home, run_id, ROWS_FINISHED).values():
+        for document in documents:
+            by_step[document["step"]].append(document)
+    result = {
+        step: {
+            "first_row_s": round(min(d["first"] for d in shards) - started, 1),
+            "last_row_s": round(max(d["last"] for d in shards) - started, 1),
+            "rows": sum(d["rows"] for d in shards),
+            "shards": len(shards),
+        }
+        for step, shards in by_step.items()
+    }
+    return dict(sorted(result.items(), key=lambda kv: kv[1]["first_row_s"]))
+
+
+def footprints(home: AirflowHome, run_id: str) -> dict[str, Any]:
+    """The ``task footprint`` lines of the run's task logs, summed / maximized per task id."""
+    by_task = logged(home, run_id, FOOTPRINT)
     summary = {}
     for task_id, figures in by_task.items():
         summary[task_id] = {
@@ -241,6 +271,7 @@ def main() -> None:
         started, ended = when(run["start_date"]) or triggered, when(run["end_date"]) or finished
         tasks, not_ok = timeline(home, run_id, started)
         prints = footprints(home, run_id)
+        stages = stage_timeline(home, run_id, started)
         store = store_for(root)
         dataset: dict[str, Any] = {}
         if run["state"] == "success":
@@ -256,7 +287,11 @@ def main() -> None:
     requests = stats["total"]
     ideal = requests * args.latency / args.capacity
     wall = ended - started
-    gate = prints.get("verify_responses", {})
+    # The linters are the gate task's children; fused into the quality chain, the gate's in-process
+    # share is not told apart from the model client's, so only its children count there.
+    gate_task = next((name for name in GATE_TASKS if name in prints), None)
+    gate = prints.get(gate_task or "", {})
+    gate_cpu = gate.get("children_cpu_s_sum", 0.0) + (gate.get("cpu_s_sum", 0.0) if gate_task == "verify_responses" else 0.0)
     result = {
         "seeds": args.seeds,
         "seeds_mined": dataset.get("funnel", {}).get("seeds", {}).get("out"),  # fewer when the corpus runs out
@@ -272,13 +307,15 @@ def main() -> None:
         "wall_over_ideal": round(wall / ideal, 2) if ideal else None,
         "trigger_to_finish_s": round(finished - triggered, 1),
         "load": load.summary(),
-        "gate_cpu_s": round(gate.get("cpu_s_sum", 0.0) + gate.get("children_cpu_s_sum", 0.0), 1),
+        "gate_cpu_s": round(gate_cpu, 1),
+        "gate_task": gate_task,
         "task_instances": sum(t["instances"] for t in tasks.values()),
         "peak_rss_mb_largest_task": max((p["peak_rss_mb_max"] for p in prints.values()), default=None),
         "gc_pauses_over_100ms": sum(p["gc_pauses_over_100ms"] for p in prints.values()),
         "gc_s": round(sum(p["gc_s_sum"] for p in prints.values()), 1),
         "endpoint_in_flight": in_flight(arrivals["arrivals"], arrivals["answers"], started, ended, args.bin),
         "timeline": tasks,
+        "stages": stages,
         "footprint": prints,
         "dataset": dataset,
     }

@@ -32,6 +32,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from infinisynth.verify import sandbox  # noqa: E402
@@ -60,74 +61,80 @@ NAMES = ["values", "items", "data", "records", "numbers", "words", "rows", "entr
 # -- sample generators (seeded, a realistic mix, some broken) -----------------------------------
 
 
-def python_sample(rng: random.Random, n: int) -> str:
-    name, arg = f"process_{n}", rng.choice(NAMES)
-    kind = rng.randrange(6)
-    if kind == 0:
-        code = f'import math\n\n\ndef {name}({arg}):\n    """Root mean square."""\n    if not {arg}:\n        return 0.0\n    return math.sqrt(sum(x * x for x in {arg}) / len({arg}))\n'
-    elif kind == 1:
-        code = (
-            f"from collections import Counter, defaultdict\n\n\ndef {name}({arg}):\n    counts = Counter({arg})\n"
-            f"    groups = defaultdict(list)\n    for key, value in counts.items():\n        groups[value].append(key)\n"
-            f"    return {{k: sorted(v) for k, v in groups.items()}}\n"
-        )
-    elif kind == 2:
-        code = (
-            f"from dataclasses import dataclass, field\n\n\n@dataclass\nclass Stack{n}:\n    items: list = field(default_factory=list)\n\n"
-            f"    def push(self, value):\n        self.items.append(value)\n\n    def pop(self):\n        if not self.items:\n"
-            f"            raise IndexError('pop from an empty stack')\n        return self.items.pop()\n\n    def __len__(self):\n        return len(self.items)\n"
-        )
-    elif kind == 3:
-        code = (
-            f"import json\nimport re\n\nWORD = re.compile(r'[a-z]+')\n\n\ndef {name}(text):\n    words = WORD.findall(text.lower())\n"
-            f"    return json.dumps({{'count': len(words), 'unique': len(set(words))}})\n\n\nif __name__ == '__main__':\n    print({name}('a b a'))\n"
-        )
-    elif kind == 4:
-        code = (
-            f"import itertools\n\n\ndef {name}({arg}, size):\n    it = iter({arg})\n    while True:\n        chunk = list(itertools.islice(it, size))\n"
-            f"        if not chunk:\n            return\n        yield chunk\n"
-        )
-    else:
-        code = (
-            f"class Node{n}:\n    def __init__(self, value, children=None):\n        self.value = value\n        self.children = children or []\n\n"
-            f"    def depth(self):\n        return 1 + max((c.depth() for c in self.children), default=0)\n\n\n"
-            f"def {name}(root):\n    return root.depth() if root else 0\n"
-        )
+Template = Callable[[str, str, int], str]  # (function name, argument name, n) -> a program
+Breakage = Callable[[str, str], str]  # (program, function name) -> the program, broken
+
+PYTHON_TEMPLATES: list[Template] = [
+    lambda name, arg, n: (
+        f'import math\n\n\ndef {name}({arg}):\n    """Root mean square."""\n    if not {arg}:\n        return 0.0\n'
+        f"    return math.sqrt(sum(x * x for x in {arg}) / len({arg}))\n"
+    ),
+    lambda name, arg, n: (
+        f"from collections import Counter, defaultdict\n\n\ndef {name}({arg}):\n    counts = Counter({arg})\n"
+        f"    groups = defaultdict(list)\n    for key, value in counts.items():\n        groups[value].append(key)\n"
+        f"    return {{k: sorted(v) for k, v in groups.items()}}\n"
+    ),
+    lambda name, arg, n: (
+        f"from dataclasses import dataclass, field\n\n\n@dataclass\nclass Stack{n}:\n    items: list = field(default_factory=list)\n\n"
+        f"    def push(self, value):\n        self.items.append(value)\n\n    def pop(self):\n        if not self.items:\n"
+        f"            raise IndexError('pop from an empty stack')\n        return self.items.pop()\n\n    def __len__(self):\n        return len(self.items)\n"
+    ),
+    lambda name, arg, n: (
+        f"import json\nimport re\n\nWORD = re.compile(r'[a-z]+')\n\n\ndef {name}(text):\n    words = WORD.findall(text.lower())\n"
+        f"    return json.dumps({{'count': len(words), 'unique': len(set(words))}})\n\n\nif __name__ == '__main__':\n    print({name}('a b a'))\n"
+    ),
+    lambda name, arg, n: (
+        f"import itertools\n\n\ndef {name}({arg}, size):\n    it = iter({arg})\n    while True:\n        chunk = list(itertools.islice(it, size))\n"
+        f"        if not chunk:\n            return\n        yield chunk\n"
+    ),
+    lambda name, arg, n: (
+        f"class Node{n}:\n    def __init__(self, value, children=None):\n        self.value = value\n        self.children = children or []\n\n"
+        f"    def depth(self):\n        return 1 + max((c.depth() for c in self.children), default=0)\n\n\n"
+        f"def {name}(root):\n    return root.depth() if root else 0\n"
+    ),
+]
+PYTHON_BREAKAGES: list[Breakage] = [
+    lambda code, name: code.replace("):\n", ")\n", 1),  # syntax error: a missing colon
+    lambda code, name: code.rstrip("\n") + f"\n\n\nRESULT = {name}_typo(None)\n",  # undefined name: a typo in a use
+    lambda code, name: code.rstrip("\n") + "\nprint((1, 2)\n",  # unbalanced bracket
+]
+JAVASCRIPT_TEMPLATES: list[Template] = [
+    lambda name, arg, n: f"export function {name}({arg}) {{\n  return {arg}.filter((x) => x > 0).map((x) => x * 2);\n}}\n",
+    lambda name, arg, n: (
+        f"class Queue{n} {{\n  constructor() {{\n    this.items = [];\n  }}\n\n  push(value) {{\n    this.items.push(value);\n  }}\n\n"
+        f"  shift() {{\n    if (this.items.length === 0) throw new Error('empty');\n    return this.items.shift();\n  }}\n}}\n\nmodule.exports = {{ Queue{n} }};\n"
+    ),
+    lambda name, arg, n: (
+        f"const fs = require('fs');\n\nasync function {name}(path) {{\n  const text = await fs.promises.readFile(path, 'utf8');\n"
+        f"  const counts = {{}};\n  for (const word of text.split(/\\s+/)) {{\n    counts[word] = (counts[word] || 0) + 1;\n  }}\n  return counts;\n}}\n\nmodule.exports = {{ {name} }};\n"
+    ),
+    lambda name, arg, n: f"const {name} = ({arg}) => {arg}.reduce((acc, x) => acc + x, 0);\nconsole.log({name}([1, 2, 3]));\n",
+]
+JAVASCRIPT_BREAKAGES: list[Breakage] = [
+    lambda code, name: code.replace(") {", ") {{", 1) if ") {" in code else code + "}\n",  # unbalanced brace
+    lambda code, name: code + f"console.log({name}Typo(1));\n",  # undefined name
+    lambda code, name: code + "const x = ;\n",  # syntax error
+]
+BROKEN_SHARES = (0.05, 0.10, 0.12)  # cumulative: 5% broken the first way, 5% the second, 2% the third
+
+
+def sample(rng: random.Random, name: str, n: int, templates: list[Template], breakages: list[Breakage]) -> str:
+    """A program from one of ``templates`` with a name, an argument and maybe a breakage drawn from ``rng``."""
+    arg = rng.choice(NAMES)
+    code = templates[rng.randrange(len(templates))](name, arg, n)
     roll = rng.random()
-    if roll < 0.05:  # syntax error: a missing colon
-        code = code.replace("):\n", ")\n", 1)
-    elif roll < 0.10:  # undefined name: a typo in a use
-        code = code.rstrip("\n") + f"\n\n\nRESULT = {name}_typo(None)\n"
-    elif roll < 0.12:  # unbalanced bracket
-        code = code.rstrip("\n") + "\nprint((1, 2)\n"
+    for share, breakage in zip(BROKEN_SHARES, breakages, strict=True):
+        if roll < share:
+            return breakage(code, name)
     return code
+
+
+def python_sample(rng: random.Random, n: int) -> str:
+    return sample(rng, f"process_{n}", n, PYTHON_TEMPLATES, PYTHON_BREAKAGES)
 
 
 def javascript_sample(rng: random.Random, n: int) -> str:
-    name, arg = f"process{n}", rng.choice(NAMES)
-    kind = rng.randrange(4)
-    if kind == 0:
-        code = f"export function {name}({arg}) {{\n  return {arg}.filter((x) => x > 0).map((x) => x * 2);\n}}\n"
-    elif kind == 1:
-        code = (
-            f"class Queue{n} {{\n  constructor() {{\n    this.items = [];\n  }}\n\n  push(value) {{\n    this.items.push(value);\n  }}\n\n"
-            f"  shift() {{\n    if (this.items.length === 0) throw new Error('empty');\n    return this.items.shift();\n  }}\n}}\n\nmodule.exports = {{ Queue{n} }};\n"
-        )
-    elif kind == 2:
-        code = (
-            f"const fs = require('fs');\n\nasync function {name}(path) {{\n  const text = await fs.promises.readFile(path, 'utf8');\n"
-            f"  const counts = {{}};\n  for (const word of text.split(/\\s+/)) {{\n    counts[word] = (counts[word] || 0) + 1;\n  }}\n  return counts;\n}}\n\nmodule.exports = {{ {name} }};\n"
-        )
-    else:
-        code = f"const {name} = ({arg}) => {arg}.reduce((acc, x) => acc + x, 0);\nconsole.log({name}([1, 2, 3]));\n"
-    roll = rng.random()
-    if roll < 0.05:
-        code = code.replace(") {", ") {{", 1) if ") {" in code else code + "}\n"
-    elif roll < 0.10:
-        code += f"console.log({name}Typo(1));\n"
-    elif roll < 0.12:
-        code += "const x = ;\n"
-    return code
+    return sample(rng, f"process{n}", n, JAVASCRIPT_TEMPLATES, JAVASCRIPT_BREAKAGES)
 
 
 OTHER_SAMPLES = {
@@ -359,20 +366,16 @@ async def main() -> int:
     ]
     languages = await other_languages(args.per_language, args.reference_subset, workers, rng)
     languages = [
-        {
-            "language": "python",
-            "samples": reports[0]["samples"],
-            "failed": reports[0]["broken"],
-            "seconds": reports[0]["gate_seconds"],
-            "samples_per_s": reports[0]["gate_samples_per_s"],
-        },
-        {
-            "language": "javascript",
-            "samples": reports[1]["samples"],
-            "failed": reports[1]["broken"],
-            "seconds": reports[1]["gate_seconds"],
-            "samples_per_s": reports[1]["gate_samples_per_s"],
-        },
+        *(
+            {
+                "language": language,
+                "samples": report["samples"],
+                "failed": report["broken"],
+                "seconds": report["gate_seconds"],
+                "samples_per_s": report["gate_samples_per_s"],
+            }
+            for language, report in zip(("python", "javascript"), reports, strict=True)
+        ),
         *languages,
     ]
     print(json.dumps({"comparisons": reports, "languages": languages}, indent=2))

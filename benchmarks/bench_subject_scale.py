@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import psutil
 import pyarrow as pa
+from _memory import Peak  # benchmarks/_memory.py
 
 from infinisynth.subject.selection import SelectionSettings, format_report, select_seeds  # noqa: E402
 from infinisynth.subject.tagging import RAW_TAG_TYPE  # noqa: E402
@@ -60,38 +56,6 @@ HEADS = {
     "education": ["teaching"],
     "maintenance": ["repair"],
 }
-
-
-class PeakMemory:
-    """Peak RSS above a baseline, sampled in a background thread."""
-
-    def __init__(self, interval: float = 0.02):
-        self.process = psutil.Process(os.getpid())
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(self.interval)
-
-    @contextmanager
-    def measure(self) -> Iterator[dict[str, float]]:
-        result: dict[str, float] = {}
-        base = self.process.memory_info().rss
-        self.peak, self._stop = base, threading.Event()
-        thread = threading.Thread(target=self._run, daemon=True)
-        thread.start()
-        started = time.perf_counter()
-        try:
-            yield result
-        finally:
-            result["seconds"] = round(time.perf_counter() - started, 2)
-            self._stop.set()
-            thread.join()
-            result["peak_rss_mb"] = round(self.peak / 2**20, 1)
-            result["peak_above_start_mb"] = round((self.peak - base) / 2**20, 1)
 
 
 def synthetic_tags(n: int, seed: int = 0) -> list[str]:
@@ -183,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pool-rows", type=int, default=1_500_000)
     parser.add_argument("--selection-rows", type=int, default=1_000_000)
     args = parser.parse_args(argv)
-    memory = PeakMemory()
+    memory = Peak()
     results: dict[str, Any] = {
         "tags": args.tags,
         "pool_rows": args.pool_rows,

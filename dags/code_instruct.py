@@ -4,15 +4,16 @@ Steps, each a task over Parquet partitions of the run's logical date (declared i
 `infinisynth.specs.code_instruct`):
 
 1. **prepare_seeds**: mine code snippets (or read a Magicoder-OSS-Instruct-shaped file).
-2. **reverse_construct**: each snippet -> self-contained programming problems (mapped over shards).
-3. **extract_keywords**: each problem -> task, instruction and knowledge keywords.
-4. **build_knowledge_graph**: keywords -> knowledge graph (grown night over night) -> keyword
-   combinations sampled from connected triples.
-5. **backfeed_construct**: each combination -> a new problem with stronger internal logic.
-6. **assess_quality**: 7 dimensions x 3 independent judge samples; mean < threshold is rejected.
-7. **generate_responses**: answers for the kept problems.
-8. **verify_responses**: the static lint gate (error-level findings discard the pair).
-9. **publish**: chat-format dataset + the night's funnel, complexity by origin and held-out slice.
+2. **reverse_construct** (mapped over shards): each snippet -> self-contained programming problems,
+   streamed row by row into keyword extraction (task, instruction and knowledge keywords).
+3. **build_knowledge_graph**: commits both; keywords -> knowledge graph (grown night over night)
+   -> keyword combinations sampled from connected triples.
+4. **backfeed_construct**: each combination -> a new problem with stronger internal logic.
+5. **assess_quality** (mapped): 7 dimensions x 3 independent judge samples (mean < threshold is
+   rejected), each kept problem streamed on into its answer, the static lint gate (micro-batches,
+   error-level findings discard the pair) and, with `test_gate` on, tests and the sandboxed run.
+6. **publish**: commits that chain; chat-format dataset + the night's funnel, complexity by origin
+   and held-out slice.
 
 Connections: `llm_generator`, `llm_judge` (fallback `llm_default`): host = OpenAI-compatible base URL,
 password = API key, extra = model, structured_output, limits. Object storage: `infinisynth_s3`

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from infinisynth.quality_dimensions import DIMENSIONS
 from infinisynth.settings import store_for
 from infinisynth.storage import MANIFEST
 from tests.support.fixtures import connection_env
@@ -52,18 +53,7 @@ GOOD_ANSWERS = [
 BAD_CODE = "BADCODE_MARK: write a function that returns the sum of a list of integers, handling empty lists."
 NO_CODE = "NOCODE_MARK: write a function that returns the largest value in a list of integers, or None."
 LOW_QUALITY = "LOWQ_MARK: write a function that adds two numbers and returns the total value."
-LOW_SCORES = {
-    d: 2
-    for d in (
-        "specificity",
-        "domain_knowledge",
-        "complexity",
-        "problem_solving",
-        "creativity",
-        "technical_accuracy",
-        "practical_application",
-    )
-}
+LOW_SCORES = dict.fromkeys(DIMENSIONS, 2)
 
 
 def test_full_pipeline_publishes_a_chat_dataset_and_accounts_for_every_row(airflow_home, server, tmp_path):

@@ -72,25 +72,17 @@ def test_dag_files_import_quickly_without_network_or_heavy_imports():
 
 def test_code_instruct_dag_shape():
     dag = parse_dags()["dags"]["code_instruct"]
+    # Two chains stream in one mapped task each: reverse -> keywords (committed by the graph
+    # build) and quality -> respond -> verify -> write_tests -> execute (committed by publish).
     assert set(dag["tasks"]) == {
         "prepare_seeds",
         "reverse_construct",
-        "commit_reverse",
         "assess_seed_problems",
         "commit_seed_quality",
-        "extract_keywords",
         "build_knowledge_graph",
         "backfeed_construct",
         "commit_backfeed",
         "assess_quality",
-        "commit_quality",
-        "generate_responses",
-        "commit_respond",
-        "verify_responses",
-        "commit_verify",
-        "write_tests",
-        "commit_write_tests",
-        "execute_tests",
         "publish",
     }
     assert dag["catchup"] is False

@@ -10,7 +10,6 @@ import pytest
 
 from infinisynth.settings import store_for
 from tests.support.fixtures import connection_env
-from tests.support.servers import scripted_openai
 
 pytestmark = pytest.mark.slow
 
@@ -83,25 +82,19 @@ RULES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with scripted_openai() as handle:
-        yield handle
-
-
 def write_set(directory: Path) -> Path:
     path = directory / "diagnosis.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in DIAGNOSIS_SET))
     return path
 
 
-def test_diagnosis_run_ranks_known_deficiencies_and_publishes_targeted_rows(airflow_home, server, tmp_path):
-    server.reset()
-    server.script(RULES)
+def test_diagnosis_run_ranks_known_deficiencies_and_publishes_targeted_rows(airflow_home, scripted, tmp_path):
+    scripted.reset()
+    scripted.script(RULES)
     root = f"file://{tmp_path / 'data'}"
-    env = {**connection_env(server.base_url), "INFINISYNTH_ROOT": root}
+    env = {**connection_env(scripted.base_url), "INFINISYNTH_ROOT": root}
     conf = {
-        "target_base_url": server.base_url,
+        "target_base_url": scripted.base_url,
         "target_model": "model-under-test",
         "diagnosis_source": str(write_set(tmp_path)),
         "max_targeted": 6,
@@ -182,7 +175,7 @@ def queued_for(airflow_home, dag_id: str) -> int:
         return db.execute("select count(*) from asset_dag_run_queue where target_dag_id = ?", (dag_id,)).fetchone()[0]
 
 
-def test_two_iterations_chained_through_model_registration_events(airflow_home, server, tmp_path):
+def test_two_iterations_chained_through_model_registration_events(airflow_home, scripted, tmp_path):
     """register_model emits the asset event; each diagnosis run takes its target from it.
 
     ``airflow dags test`` runs one DAG and starts no scheduler, so it never creates the
@@ -190,10 +183,10 @@ def test_two_iterations_chained_through_model_registration_events(airflow_home, 
     (what the scheduler turns into a run) and then runs the diagnosis DAG, whose first task reads
     the registration from the asset's events - the extra the scheduler would have handed over.
     """
-    server.reset()
-    server.script(RULES)
+    scripted.reset()
+    scripted.script(RULES)
     root = f"file://{tmp_path / 'data'}"
-    env = {**connection_env(server.base_url), "INFINISYNTH_ROOT": root}
+    env = {**connection_env(scripted.base_url), "INFINISYNTH_ROOT": root}
     for args in (("dags", "reserialize"), ("dags", "unpause", "deficiency_diagnosis")):
         result = airflow_home.run(*args, extra_env=env)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -202,7 +195,7 @@ def test_two_iterations_chained_through_model_registration_events(airflow_home, 
     for number, model in ((1, "model-v1"), (2, "model-v2")):
         before = queued_for(airflow_home, "deficiency_diagnosis")
         airflow_home.dags_test(
-            "register_model", "2026-04-02", {"base_url": server.base_url, "model": model, "name": f"sft run {number}"}, env
+            "register_model", "2026-04-02", {"base_url": scripted.base_url, "model": model, "name": f"sft run {number}"}, env
         )
         assert queued_for(airflow_home, "deficiency_diagnosis") >= max(before, 1)  # the scheduler's queue has it
         output = airflow_home.dags_test("deficiency_diagnosis", f"2026-04-0{number + 1}", conf, env)

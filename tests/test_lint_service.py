@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from infinisynth.processes import free_port, stop
 from infinisynth.verify.client import LintServiceClient, LintServiceError
 from infinisynth.verify.gate import LocalGate
 from infinisynth.verify.model import BINARY_CODE, CODE_TOO_LARGE, LintItem
@@ -23,12 +23,6 @@ from tests.support.servers import wait_for_http
 REPO = Path(__file__).resolve().parents[1]
 MAX_BODY = 200_000
 MAX_ITEMS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_service(port: int, *extra: str) -> subprocess.Popen[bytes]:
@@ -47,8 +41,7 @@ def running_service(*extra: str) -> Iterator[tuple[str, int]]:
         wait_for_http(f"{url}/healthz", timeout=60)
         yield url, port
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop(process, timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +154,7 @@ def test_the_client_retries_until_the_service_is_up_and_reports_4xx(tmp_path):
         with pytest.raises(LintServiceError, match="HTTP 422"):
             _post_invalid(slow_client)
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop(process, timeout=20)
 
 
 def _post_invalid(client: LintServiceClient) -> None:

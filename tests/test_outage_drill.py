@@ -184,6 +184,33 @@ def wait_for_backfill(home: AirflowHome, number: int, timeout: float) -> dict[st
 # -- the drill -----------------------------------------------------------------------------------
 
 
+def run_phase(
+    home: AirflowHome,
+    env: dict[str, str],
+    conf: dict[str, Any],
+    number: int,
+    timeout: float,
+    server: ScriptedOpenAI,
+    figures: dict[str, Any],
+    *extra: str,
+) -> dict[str, Any]:
+    """Backfill ``number`` of the drill (``extra``: its options) to its end: its backfill row; its
+    wall time and the calls the server saw go into ``figures`` as ``phase<number>_s`` and ``_calls``."""
+    started = time.monotonic()
+    backfill(home, env, conf, *extra)
+    row = wait_for_backfill(home, number, timeout)
+    figures[f"phase{number}_s"] = round(time.monotonic() - started, 1)
+    figures[f"phase{number}_calls"] = calls(server.stats())
+    return row
+
+
+def runs_ended(home: AirflowHome, states: dict[str, str], figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The DAG's runs by date, once each date's run ended in its expected state."""
+    runs = dag_runs(home)
+    assert {ds: runs[ds]["state"] for ds in DATES} == states, f"{figures}\n{unfinished_detail(home)}"
+    return runs
+
+
 @pytest.fixture
 def postgres_url():
     with running_postgres() as url:
@@ -219,17 +246,10 @@ def test_an_outage_reddens_only_its_night_and_a_failed_only_backfill_mends_it(tm
 
         with running_scheduler(home, env, tmp_path) as scheduler_env:
             # -- phase 1: three nights, the middle one meets the outage ---------------------------
-            phase = time.monotonic()
-            backfill(home, scheduler_env, conf)
-            wait_for_backfill(home, 1, RUN_TIMEOUT)
-            figures["phase1_s"] = round(time.monotonic() - phase, 1)
-            figures["phase1_calls"] = first = calls(server.stats())
+            run_phase(home, scheduler_env, conf, 1, RUN_TIMEOUT, server, figures)
+            first = figures["phase1_calls"]
             print(f"\noutage drill, phase 1 (backfill {D1}..{D3}, {D2} down): {figures}")
-
-            runs = dag_runs(home)
-            assert {ds: runs[ds]["state"] for ds in DATES} == {D1: "success", D2: "failed", D3: "success"}, (
-                f"{figures}\n{unfinished_detail(home)}"
-            )
+            runs = runs_ended(home, {D1: "success", D2: "failed", D3: "success"}, figures)
             assert len(runs) == 3 and {r["run_type"] for r in runs.values()} == {"backfill"}
             # The model task failed on the transient share after all its tries, not on something else.
             red = task_tries(home, runs[D2]["run_id"])
@@ -255,17 +275,10 @@ def test_an_outage_reddens_only_its_night_and_a_failed_only_backfill_mends_it(tm
             server.script(HEALTHY)
             before = snapshot(data, D1, D3)
             tries_before = {ds: task_tries(home, runs[ds]["run_id"]) for ds in (D1, D3)}
-            phase = time.monotonic()
-            backfill(home, scheduler_env, conf, "--reprocess-behavior", "failed")
-            second = wait_for_backfill(home, 2, RUN_TIMEOUT / 2)
-            figures["phase2_s"] = round(time.monotonic() - phase, 1)
-            figures["phase2_calls"] = mended_calls = calls(server.stats())
+            second = run_phase(home, scheduler_env, conf, 2, RUN_TIMEOUT / 2, server, figures, "--reprocess-behavior", "failed")
+            mended_calls = figures["phase2_calls"]
             print(f"outage drill, phase 2 (--reprocess-behavior failed): {figures}")
-
-            after_runs = dag_runs(home)
-            assert {ds: after_runs[ds]["state"] for ds in DATES} == {D1: "success", D2: "success", D3: "success"}, (
-                f"{figures}\n{unfinished_detail(home)}"
-            )
+            after_runs = runs_ended(home, {D1: "success", D2: "success", D3: "success"}, figures)
             # No new dag_run row: Airflow clears the failed run and re-queues it under the new
             # backfill; the green nights' runs are not touched.
             assert len(after_runs) == 3 and {ds: r["id"] for ds, r in after_runs.items()} == {ds: r["id"] for ds, r in runs.items()}

@@ -12,7 +12,7 @@ import pytest
 
 from infinisynth.release.benchmarks import BenchmarkError, BenchmarkFile, BenchmarkItem, humaneval, load_benchmarks, parse_files, read_file
 from infinisynth.release.decontaminate import BenchmarkIndex, DecontamSettings, screen
-from infinisynth.release.dedup import ANN_BASE, EMBEDDING_DIM, DedupSettings, ReleasedIndex, SeenTexts, deduplicate
+from infinisynth.release.dedup import ANN_BASE, EMBEDDING_DIM, DedupSettings, HashRuns, ReleasedIndex, SeenTexts, deduplicate
 from infinisynth.release.variants import mix, parse_mix
 
 
@@ -75,6 +75,26 @@ def test_dedup_names_method_and_counterpart_within_and_across_releases(tmp_path)
         ["n0", "n1", "n2"], ["sort a LIST", "Flip a string around.", "Something new."], fake_embedder(vectors), DedupSettings(), viewed
     )
     assert [(d.method, d.counterpart, d.release) for d in third.duplicates] == [("exact", "r0", "v1"), ("semantic", "r4", "v1")]
+
+
+def test_hash_runs_capped_at_a_run_size_find_every_key():
+    """Runs stop merging at ``max_run`` entries (so a merge never copies the whole map) and a
+    lookup still finds every key of every run, duplicates included."""
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 500, size=5_000, dtype=np.uint64)  # many repeats
+    capped, whole = HashRuns(max_run=256), HashRuns(max_run=1 << 30)
+    for start in range(0, len(hashes), 100):
+        keys = np.arange(start, min(start + 100, len(hashes)), dtype=np.int64)
+        capped.add(hashes[keys], keys)
+        whole.add(hashes[keys], keys)
+    assert max(len(h) for h, _ in capped.runs) <= 256 and len(capped.runs) > 10 and len(whole.runs) < len(capped.runs)
+    queries = np.array([3, 499, 1_000], dtype=np.uint64)
+
+    def found(runs: HashRuns) -> list[tuple[int, int]]:
+        return sorted(zip(*(a.tolist() for a in runs.find(queries))))
+
+    expected = sorted((q, int(k)) for q, h in enumerate(queries) for k in np.nonzero(hashes == h)[0])
+    assert found(capped) == found(whole) == expected and len(capped) == len(hashes)
 
 
 def test_seen_texts_is_the_seed_miners_exact_and_near_check():

@@ -1,4 +1,5 @@
-"""A stage killed mid-shard and run again pays only for the rows that had not finished."""
+"""A stage killed mid-shard and run again pays only for the rows that had not finished: in a
+streamed chain (reverse construction -> keywords), each step's finished rows."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from infinisynth.pipelines.code_instruct import PIPELINE, REVERSE_STAGE, SEED_STAGE
+from infinisynth.pipelines.code_instruct import KEYWORD_STAGE, PIPELINE, REVERSE_STAGE, SEED_STAGE
 from infinisynth.records import content_id
 from infinisynth.runner import Checkpoint
 from infinisynth.seeds import SEED_SCHEMA
@@ -47,7 +48,7 @@ def seed_rows() -> pa.Table:
 def run_shard_process(root: str, shard: dict, base_url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, str(REPO / "tests/support/run_reverse_shard.py"), root, DS, json.dumps(shard), base_url],
+        [sys.executable, str(REPO / "tests/support/run_chain_shard.py"), root, DS, json.dumps(shard), base_url],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -68,48 +69,57 @@ def prepare(root: str) -> dict:
     return {"stage": SEED_STAGE, "shard": 0, "file": data_file.name, "rows": data_file.rows}
 
 
+CHAIN = (REVERSE_STAGE, KEYWORD_STAGE)  # one mapped task: each problem's keywords as soon as it is made
+
+
+def from_cache(result: dict) -> int:
+    return sum(entry["cached_requests"] for entry in result["usage"].values())
+
+
 @pytest.mark.slow
 def test_killed_shard_resumes_without_paying_twice(tmp_path):
     killed_root, clean_root = f"file://{tmp_path / 'killed'}", f"file://{tmp_path / 'clean'}"
-    # 100 ms per answer, 2 in flight: about 20 rows/s, so the kill lands mid-shard.
+    # 100 ms per answer, 2 in flight per step: about 20 rows/s, so the kill lands mid-shard.
     with scripted_openai(latency=0.1) as server:
         shard = prepare(killed_root)
         process = run_shard_process(killed_root, shard, server.base_url)
-        checkpoint = Checkpoint(store_for(killed_root), store_for(killed_root).work_dir(PIPELINE, REVERSE_STAGE, DS, 0))
+        store = store_for(killed_root)
+        checkpoints = {stage: Checkpoint(store, store.work_dir(PIPELINE, stage, DS, 0)) for stage in CHAIN}
         deadline = time.monotonic() + 60
-        while not checkpoint.load()[0]:  # wait for at least one saved chunk
+        while not checkpoints[KEYWORD_STAGE].load()[0]:  # wait for a saved chunk of the second step
             assert time.monotonic() < deadline and process.poll() is None, "no checkpoint was written"
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        saved = len(checkpoint.load()[0])
+        saved = {stage: len(checkpoint.load()[0]) for stage, checkpoint in checkpoints.items()}
         paid_before_kill = server.stats()["total"]
-        assert 0 < saved < ROWS, f"the kill should land mid-shard ({saved} saved)"
+        assert 0 < saved[REVERSE_STAGE] < ROWS and 0 < saved[KEYWORD_STAGE] < ROWS, f"the kill should land mid-shard ({saved})"
 
         server.reset()
         resumed = finish(run_shard_process(killed_root, shard, server.base_url))
         paid_on_resume = server.stats()["total"]
 
-        assert resumed["resumed"] == saved
+        assert {stage: resumed[stage]["resumed"] for stage in CHAIN} == saved
         # Rows answered after the last checkpoint but before the kill come back from the response cache.
-        from_cache = resumed["usage"]["generator/reverse"]["cached_requests"]
-        assert paid_on_resume + from_cache == ROWS - saved, "only unfinished rows may be paid for again"
-        assert paid_before_kill + paid_on_resume < 2 * ROWS
+        cached = sum(from_cache(resumed[stage]) for stage in CHAIN)
+        assert paid_on_resume + cached == 2 * ROWS - sum(saved.values()), "only unfinished rows may be paid for again"
+        assert paid_before_kill + paid_on_resume < 2 * 2 * ROWS
 
         # The resumed shard equals an uninterrupted run's: same ids, no duplicates.
         server.reset()
         clean_shard = prepare(clean_root)
         clean = finish(run_shard_process(clean_root, clean_shard, server.base_url))
-        assert server.stats()["total"] == ROWS
+        assert server.stats()["total"] == 2 * ROWS
 
-    resumed_rows = store_for(killed_root).partition(PIPELINE, REVERSE_STAGE, DS).read_file(resumed["output"]["name"])
-    clean_rows = store_for(clean_root).partition(PIPELINE, REVERSE_STAGE, DS).read_file(clean["output"]["name"])
-    assert resumed_rows.num_rows == ROWS
-    assert resumed_rows.column("id").to_pylist() == clean_rows.column("id").to_pylist()
-    assert len(set(resumed_rows.column("id").to_pylist())) == ROWS
-    # Token usage spent before the kill is still reported for the shard (answers reused from the cache apart).
-    usage = resumed["usage"]["generator/reverse"]
-    assert usage["requests"] + usage["cached_requests"] >= ROWS
+    for stage in CHAIN:
+        resumed_rows = store.partition(PIPELINE, stage, DS).read_file(resumed[stage]["output"]["name"])
+        clean_rows = store_for(clean_root).partition(PIPELINE, stage, DS).read_file(clean[stage]["output"]["name"])
+        assert resumed_rows.num_rows == ROWS
+        assert resumed_rows.column("id").to_pylist() == clean_rows.column("id").to_pylist()
+        assert len(set(resumed_rows.column("id").to_pylist())) == ROWS
+        # Token usage spent before the kill is still reported for the shard (answers reused from the cache apart).
+        usage = resumed[stage]["usage"][f"generator/{stage}"]
+        assert usage["requests"] + usage["cached_requests"] >= ROWS
 
 
 def test_changed_prompt_does_not_reuse_checkpointed_answers(tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,39 @@ def sandbox_processes(sandbox: Sandbox, wait: float = 10.0) -> list[int]:
         time.sleep(0.2)
 
 
+@dataclass
+class Host:
+    """What a hostile run must leave alone: a canary file, a secret in the environment, and a
+    loopback listener nothing may reach."""
+
+    tmp_path: Path
+    canary: Path
+    listener: socket.socket
+
+    @property
+    def port(self) -> int:
+        return self.listener.getsockname()[1]
+
+    def assert_untouched(self, sandbox: Sandbox) -> None:
+        """Files intact, no connection reached the listener, no process of the sandbox left."""
+        assert self.canary.read_text() == "still here" and self.tmp_path.exists()
+        with pytest.raises(BlockingIOError):
+            self.listener.accept()
+        assert sandbox_processes(sandbox) == []
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+    canary = tmp_path / "CANARY"
+    canary.write_text("still here")
+    monkeypatch.setenv("INFINISYNTH_TEST_SECRET", "hunter2-secret")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        yield Host(tmp_path, canary, listener)
+
+
 def test_passed_failed_and_error_verdicts_name_what_happened(sandbox):
     solution = "def add(a, b):\n    return a + b\n"
     items = [
@@ -83,16 +118,9 @@ def test_passed_failed_and_error_verdicts_name_what_happened(sandbox):
     assert results["fake-pass"].verdict == FAILED  # a printed look-alike of the harness's line does not count
 
 
-def test_the_hostile_suite_gets_verdicts_within_bounds_and_the_host_is_untouched(sandbox, tmp_path, monkeypatch):
-    canary = tmp_path / "CANARY"
-    canary.write_text("still here")
+def test_the_hostile_suite_gets_verdicts_within_bounds_and_the_host_is_untouched(sandbox, host, tmp_path):
+    canary, port = host.canary, host.port
     outside = tmp_path / "written-from-inside"
-    monkeypatch.setenv("INFINISYNTH_TEST_SECRET", "hunter2-secret")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.setblocking(False)
-    port = listener.getsockname()[1]
     project_file = REPO / "pyproject.toml"
 
     hostile = {
@@ -134,12 +162,8 @@ def test_the_hostile_suite_gets_verdicts_within_bounds_and_the_host_is_untouched
     assert "output" in results["print-1gb"].detail and "output" in results["print-1gb-stderr"].detail
 
     # The host: files intact, nothing written, no connection reached the listener, no process left.
-    assert canary.read_text() == "still here" and tmp_path.exists()
     assert not outside.exists() and not Path("/usr/lib/escaped").exists()
-    with pytest.raises(BlockingIOError):
-        listener.accept()
-    listener.close()
-    assert sandbox_processes(sandbox) == []
+    host.assert_untouched(sandbox)
 
 
 def test_without_bubblewrap_nothing_runs_and_the_error_says_why(monkeypatch, tmp_path):
@@ -198,15 +222,8 @@ def test_javascript_verdicts_name_the_failing_assertion(sandbox):
     assert results["fake-pass"].verdict == FAILED
 
 
-def test_the_hostile_suite_in_javascript_stays_inside(sandbox, tmp_path, monkeypatch):
-    canary = tmp_path / "CANARY"
-    canary.write_text("still here")
-    monkeypatch.setenv("INFINISYNTH_TEST_SECRET", "hunter2-secret")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.setblocking(False)
-    port = listener.getsockname()[1]
+def test_the_hostile_suite_in_javascript_stays_inside(sandbox, host, tmp_path):
+    canary, port = host.canary, host.port
     # Asynchronous attempts are awaited inside a test, so their failure is the verdict.
     connect = (
         "const net = require('node:net');\n"
@@ -256,12 +273,7 @@ def test_the_hostile_suite_in_javascript_stays_inside(sandbox, tmp_path, monkeyp
     assert "ENOENT" in results["project-file"].detail  # the project is not there
     assert results["env-secret"].detail.startswith("Error: no secret here")
     assert results["delete-canary"].detail.startswith("Error: false")
-
-    assert canary.read_text() == "still here" and tmp_path.exists()
-    with pytest.raises(BlockingIOError):
-        listener.accept()
-    listener.close()
-    assert sandbox_processes(sandbox) == []
+    host.assert_untouched(sandbox)
 
 
 def json_str(path: Path) -> str:

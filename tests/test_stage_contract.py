@@ -138,8 +138,16 @@ def test_one_cache_key_covers_prompt_role_config_and_settings(headline_prompt):
 
 def test_params_come_from_the_settings_model():
     params = params_from_settings(TinySettings)
-    # Every pipeline's settings carry the base knobs: storage, the transient bound, the response cache.
-    base = {"storage_root", "max_transient_share", "response_cache", "response_cache_max_gb", "estimate", "estimate_sample"}
+    # Every pipeline's settings carry the base knobs: storage, the transient bound, the response cache, streaming.
+    base = {
+        "storage_root",
+        "max_transient_share",
+        "response_cache",
+        "response_cache_max_gb",
+        "stream_chains",
+        "estimate",
+        "estimate_sample",
+    }
     assert set(params) == base | {"shard_size", "max_headline_words"}
     assert params["max_transient_share"].value == 0.02
     assert (params["max_transient_share"].schema["minimum"], params["max_transient_share"].schema["maximum"]) == (0, 1)

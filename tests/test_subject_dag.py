@@ -12,7 +12,6 @@ from PIL import Image
 from infinisynth.settings import store_for
 from infinisynth.subject.vocabulary import latest_vocabulary_before
 from tests.support.fixtures import connection_env
-from tests.support.servers import scripted_openai
 from tests.test_dag_integrity import parse_dags
 
 DS = "2026-02-03"
@@ -82,18 +81,12 @@ def rules() -> list[dict]:
     ]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with scripted_openai() as handle:
-        yield handle
-
-
 @pytest.mark.slow
-def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflow_home, server, tmp_path):
-    server.reset()
-    server.script(rules())
+def test_full_pipeline_tags_selects_evolves_and_publishes_with_its_report(airflow_home, scripted, tmp_path):
+    scripted.reset()
+    scripted.script(rules())
     root = f"file://{tmp_path / 'data'}"
-    env = {**connection_env(server.base_url, max_invalid_retries=1), "INFINISYNTH_ROOT": root}
+    env = {**connection_env(scripted.base_url, max_invalid_retries=1), "INFINISYNTH_ROOT": root}
     conf = {
         "pool_source": str(pool_file(tmp_path)),
         "shard_size": 3,

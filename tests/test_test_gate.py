@@ -21,7 +21,6 @@ from infinisynth.errors import InputError
 from infinisynth.settings import store_for
 from infinisynth.stages.execute import DynamicVerification, LocalRunner
 from tests.support.fixtures import connection_env
-from tests.support.servers import scripted_openai
 
 pytestmark = pytest.mark.slow
 
@@ -47,19 +46,13 @@ RULES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with scripted_openai() as handle:
-        yield handle
-
-
-def night(airflow_home: Any, server: Any, tmp_path: Path, gate: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    server.reset()
-    server.script(RULES)
+def night(airflow_home: Any, scripted: Any, tmp_path: Path, gate: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    scripted.reset()
+    scripted.script(RULES)
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps(row) + "\n" for row in SEEDS))
     root = f"file://{tmp_path / 'data'}"
-    env = {**connection_env(server.base_url), "INFINISYNTH_ROOT": root, **(extra_env or {})}
+    env = {**connection_env(scripted.base_url), "INFINISYNTH_ROOT": root, **(extra_env or {})}
     conf = {"seed_source": str(seeds), "max_seeds": 100, "shard_size": 3, "backfeed_ratio": 0, "holdout_fraction": 0, "test_gate": gate}
     output = airflow_home.dags_test("code_instruct", DS, conf, env)
     store = store_for(root)
@@ -82,8 +75,8 @@ def mark_of(row: dict[str, Any]) -> str:
     return next((mark for mark in MARKS.values() if problem.startswith(mark)), "PASSING")
 
 
-def test_enforce_rejects_pairs_whose_tests_fail_with_the_verdict_and_the_failing_assertion(airflow_home, server, tmp_path):
-    run = night(airflow_home, server, tmp_path, "enforce")
+def test_enforce_rejects_pairs_whose_tests_fail_with_the_verdict_and_the_failing_assertion(airflow_home, scripted, tmp_path):
+    run = night(airflow_home, scripted, tmp_path, "enforce")
 
     # The answers are the plain-text ones (no tests in them); the generator then wrote tests for
     # each lint-clean answer in a stage of its own, and they are kept with the row.
@@ -135,12 +128,12 @@ def test_enforce_rejects_pairs_whose_tests_fail_with_the_verdict_and_the_failing
     assert "test gate (enforce) pass rate by language" in run["output"]
 
 
-def test_report_keeps_every_pair_with_its_verdict_through_the_lint_sidecar(airflow_home, server, tmp_path):
+def test_report_keeps_every_pair_with_its_verdict_through_the_lint_sidecar(airflow_home, scripted, tmp_path):
     from tests.test_lint_service import running_service
 
     with running_service() as (lint_url, lint_port):
         sidecar = {"AIRFLOW_CONN_LINT_SERVICE": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": lint_port})}
-        run = night(airflow_home, server, tmp_path, "report", sidecar)
+        run = night(airflow_home, scripted, tmp_path, "report", sidecar)
 
     assert run["rejected"] == []
     verdicts = sorted((mark_of(r), r["lang"], r["test_verdict"]) for r in run["tested"])
@@ -159,10 +152,10 @@ def test_report_keeps_every_pair_with_its_verdict_through_the_lint_sidecar(airfl
     assert run["funnel"]["execute"]["test_pass_by_language"]["javascript"]["failed"] == 1
 
 
-def test_off_runs_nothing_and_asks_for_no_tests(airflow_home, server, tmp_path):
-    server.reset()
+def test_off_runs_nothing_and_asks_for_no_tests(airflow_home, scripted, tmp_path):
+    scripted.reset()
     # With the gate off the response prompt is the plain one (as with it on), and no tests are asked for.
-    server.script(
+    scripted.script(
         [
             {"match": "Solve the following programming problem", "actions": [{"content": "Sum.\n\n```python\nprint(sum([1]))\n```\n"}]},
             {"name": "write_tests", "match": WRITE_TESTS, "actions": [{"tests": "pass"}]},
@@ -172,7 +165,7 @@ def test_off_runs_nothing_and_asks_for_no_tests(airflow_home, server, tmp_path):
     seeds.write_text("".join(json.dumps(row) + "\n" for row in SEEDS[:2]))
     root = f"file://{tmp_path / 'data'}"
     conf = {"seed_source": str(seeds), "max_seeds": 100, "shard_size": 3, "backfeed_ratio": 0, "holdout_fraction": 0}
-    airflow_home.dags_test("code_instruct", DS, conf, {**connection_env(server.base_url), "INFINISYNTH_ROOT": root})
+    airflow_home.dags_test("code_instruct", DS, conf, {**connection_env(scripted.base_url), "INFINISYNTH_ROOT": root})
 
     store = store_for(root)
     tested = store.partition("code_instruct", "execute", DS).read().to_pylist()
@@ -182,7 +175,7 @@ def test_off_runs_nothing_and_asks_for_no_tests(airflow_home, server, tmp_path):
     assert store.partition("code_instruct", "dataset", DS).manifest().rows == 2
     written = store.partition("code_instruct", "write_tests", DS).read().to_pylist()
     assert len(written) == 2 and all(r["tests"] is None and "write_tests" not in json.loads(r["provenance"]) for r in written)
-    assert server.stats()["by_rule"].get("write_tests", 0) == 0  # the test-writing stage made no model call
+    assert scripted.stats()["by_rule"].get("write_tests", 0) == 0  # the test-writing stage made no model call
 
 
 def test_without_bubblewrap_the_gate_refuses_to_run_anything(monkeypatch, tmp_path):

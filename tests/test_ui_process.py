@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,8 @@ import jsonschema
 import psutil
 import pytest
 
-from tests.support.airflow import REPO, free_port
+from infinisynth.processes import free_port
+from tests.support.airflow import REPO, process_group
 from tests.support.servers import wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -54,10 +53,8 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("ui") / "standalone.log"
     env = {**os.environ, "AIRFLOW__API__PORT": str(port)}
     env.pop("AIRFLOW_HOME", None)  # the Makefile's own home, as for a user
-    with log.open("wb") as out:
-        process = subprocess.Popen(["make", "ui"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    try:
+    with process_group(["make", "ui"], log, timeout=60, cwd=REPO, env=env) as process:
         try:
             wait_for_http(f"{base}/api/v2/monitor/health", timeout=180)
         except TimeoutError:
@@ -67,13 +64,6 @@ def ui(tmp_path_factory: pytest.TempPathFactory):
         while not passwords.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
         yield base, json.loads(passwords.read_text()), process, log
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
 
 
 def client(base: str, passwords: dict[str, str]) -> httpx.Client:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,9 +20,9 @@ import tests.test_code_instruct_dag as code_dag
 from infinisynth.settings import store_for
 from infinisynth.ui_report import report_path, ui_run_url
 from tests.support import browser
-from tests.support.airflow import AIRFLOW, REPO, free_port, make_airflow_home
+from tests.support.airflow import REPO, make_airflow_home, running_api_server
 from tests.support.fixtures import connection_env
-from tests.support.servers import scripted_openai, wait_for_http
+from tests.support.servers import scripted_openai
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not browser.available(), reason="needs /usr/bin/chromium and chromedriver")]
 
@@ -64,41 +62,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         conf = {"seed_source": str(code_dag.write_seed_file(work)), "max_seeds": 100, "shard_size": 3, "holdout_fraction": 0.3}
         home.dags_test("code_instruct", DS, conf, env)
     [run] = home.query("SELECT run_id FROM dag_run WHERE dag_id = 'code_instruct'")
+    tasks = {row["task_id"] for row in home.query("SELECT task_id FROM task_instance WHERE run_id = ?", run["run_id"])}
 
-    passwords = work / "passwords.json"
-    passwords.write_text(json.dumps({USER: PASSWORD}))
-    port = free_port()
-    api_env = {
-        **home.env,
-        "INFINISYNTH_ROOT": root,
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API_AUTH__JWT_SECRET": f"ui-report-test-jwt-secret-{port}",
-        "AIRFLOW__API__SECRET_KEY": "ui-report-test-secret-key",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-    }
-    api_env.pop("AIRFLOW_CONN_LLM_DEFAULT", None)
-    log = work / "api-server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([AIRFLOW, "api-server"], env=api_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_for_http(f"{base}/api/v2/monitor/health", timeout=120)
-        except TimeoutError:
-            raise AssertionError(f"the api-server did not start:\n{log.read_text()[-4000:]}") from None
+    with running_api_server(home, root, work, USER, PASSWORD) as base:
         shots = REPO / "docs" / "img" if os.environ.get("INFINISYNTH_SCREENSHOTS") else work
-        yield {"base": base, "run_id": run["run_id"], "store": store_for(root), "shots": shots, "log": log}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        yield {
+            "base": base,
+            "run_id": run["run_id"],
+            "store": store_for(root),
+            "tasks": tasks,
+            "shots": shots,
+            "log": work / "api-server.log",
+        }
 
 
 def test_without_a_session_the_report_is_refused(served):
@@ -175,7 +150,8 @@ def test_the_report_in_the_browser_shows_the_manifests_numbers(served):
             for r in driver.find_elements(By.CSS_SELECTOR, "#complexity-table tbody tr")
         }
         assert complexity == {origin: str(v["mean"]) for origin, v in manifest.meta["complexity_by_origin"].items()}
-        assert driver.execute_script("return document.getElementById('chart-wall').data[0].y.length") >= 10  # every task's wall time
+        drawn_tasks = driver.execute_script("return document.getElementById('chart-wall').data[0].y")
+        assert sorted(drawn_tasks) == sorted(served["tasks"])  # every task of the run, once (a mapped task's instances together)
         api = driver.execute_script("return fetch(document.getElementById('report').dataset.api).then(r => r.text())")
         assert json.loads(api)["funnel"] and "sk-test-SECRET-dag" not in api + driver.page_source  # the model's API key, never
         driver.set_window_size(1400, min(9000, driver.execute_script("return document.body.scrollHeight") + 40))

@@ -309,7 +309,7 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
                 for fused in spec.chain(name):
                     finished[fused.name] = done
             for name in step.upstream:
-                if name not in absorbed:
+                if spec.head(name) not in absorbed:
                     finished[name] >> done
             finished[step.name] = done
             continue

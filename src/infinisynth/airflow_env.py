@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from infinisynth.llm import RoleConfig
-from infinisynth.settings import role_config, store_for
+from infinisynth.settings import connection_fields, role_config, store_for
 from infinisynth.storage import Store
 
 
@@ -22,14 +22,7 @@ def connection_lookup(conn_id: str) -> dict[str, Any] | None:
         conn = Connection.get(conn_id)
     except AirflowNotFoundException:
         return None
-    return {
-        "host": conn.host,
-        "login": conn.login,
-        "password": conn.password,
-        "port": conn.port,
-        "schema": conn.schema,
-        "extra": conn.extra_dejson,
-    }
+    return connection_fields(conn)
 
 
 def run_store(params: dict[str, Any]) -> Store:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from infinisynth.processes import free_port, stop
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 DEFAULT_PORT = 8765
@@ -81,12 +82,6 @@ def embedded_connection(base_url: str) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until_serving(base_url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = STARTUP_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -113,12 +108,7 @@ def running_model_server(port: int | None = None, log: IO[bytes] | None = None) 
         wait_until_serving(base_url, process)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=15)
 
 
 def main(argv: list[str] | None = None) -> None:

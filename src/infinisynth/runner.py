@@ -17,7 +17,7 @@ import logging
 import posixpath
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -103,6 +103,15 @@ class ShardRun:
     processed: int = 0  # rows processed by this attempt (not from the checkpoint)
     row_seconds: float = 0.0  # their summed wall time, one row from its start to its outcome
     elapsed: float = 0.0  # this attempt's wall time
+    first_done: float | None = None  # when its first and last outcomes were known (time.time())
+    last_done: float | None = None
+
+    def done(self, outcomes: Sequence[tuple[dict[str, Any], Outcome]]) -> None:
+        """Record ``outcomes`` as known now."""
+        self.outcomes.extend(outcomes)
+        now = time.time()
+        self.first_done = self.first_done or now
+        self.last_done = now
 
     @property
     def pending(self) -> list[tuple[dict[str, Any], Rejected]]:
@@ -110,9 +119,12 @@ class ShardRun:
         return [(row, o) for row, o in self.outcomes if isinstance(o, Rejected) and o.transient]
 
 
+Emit = Callable[[dict[str, Any], Outcome], None]
+
+
 async def run_shard(
     stage: Stage,
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]] | AsyncIterable[dict[str, Any]],
     *,
     usage: UsageMeter,
     checkpoint: Checkpoint | None = None,
@@ -121,16 +133,20 @@ async def run_shard(
     flush_seconds: float = 10.0,
     label: str = "",
     progress_seconds: float = 15.0,
+    emit: Emit | None = None,
 ) -> ShardRun:
-    """Process ``rows`` with at most ``concurrency`` in flight; checkpoint final outcomes as they finish."""
+    """Process ``rows`` with at most ``concurrency`` in flight; checkpoint final outcomes as they finish.
+
+    ``rows`` is a shard's list, or a stream of rows that arrive while earlier ones are in flight
+    (the upstream step of a fused chain, :mod:`infinisynth.stream`). ``emit(row, outcome)`` hears
+    every outcome as soon as it is known, a checkpointed one included."""
     label = label or stage.name
     quiet_http_logs()
-    keys = [f"{row['id']}:{stage.cache_key(row)}" for row in rows]
     saved, earlier_usage = checkpoint.load() if checkpoint else ({}, {})
-    results: dict[str, Outcome] = {k: saved[k] for k in keys if k in saved}
-    todo = [(k, row) for k, row in zip(keys, rows) if k not in results]
-    if results:
-        log.info("%s: resuming, %d of %d rows already done in an earlier attempt", label, len(results), len(rows))
+    received: list[tuple[str, dict[str, Any]]] = []  # (key, row) in arrival order
+    results: dict[str, Outcome] = {}
+    resumed = 0
+    first_done = last_done = None  # when the first and the last outcome were known
 
     unsaved: list[tuple[str, Outcome]] = []  # final outcomes not yet in the checkpoint
     usage_at_flush = usage.snapshot()
@@ -150,25 +166,41 @@ async def run_shard(
         checkpoint.save(unsaved, _usage_delta(now_usage, usage_at_flush))
         unsaved, usage_at_flush, last_flush = [], now_usage, time.monotonic()
 
+    def report() -> str:
+        return progress_line(label, len(results), len(received), results.values(), finished, started, usage, client)
+
+    def settle(key: str, row: dict[str, Any], outcome: Outcome) -> None:
+        nonlocal first_done, last_done
+        results[key] = outcome
+        last_done = time.time()
+        first_done = first_done or last_done
+        if emit is not None:
+            emit(row, outcome)
+
     async def one(key: str, row: dict[str, Any]) -> None:
         nonlocal finished, last_report, row_seconds
         began = time.monotonic()
         outcome = await _guarded(stage.process, row)
         row_seconds += time.monotonic() - began
-        results[key] = outcome
         if not (isinstance(outcome, Rejected) and outcome.transient):  # a transient one is redone, not kept
             unsaved.append((key, outcome))
         finished += 1
+        settle(key, row, outcome)
         flush()
         if time.monotonic() - last_report >= progress_seconds:
             last_report = time.monotonic()
-            log.info("%s", progress_line(label, len(results), len(rows), results.values(), finished, started, usage, client))
+            log.info("%s", report())
 
     # A bounded window of tasks, not one per row: memory stays flat on large shards.
-    queue = iter(todo)
+    running: set[asyncio.Task[None]] = set()
     try:
-        running: set[asyncio.Task[None]] = set()
-        for key, row in queue:
+        async for row in _as_stream(rows):
+            key = f"{row['id']}:{stage.cache_key(row)}"
+            received.append((key, row))
+            if key in saved:  # finished by an earlier attempt: no new call
+                resumed += 1
+                settle(key, row, saved[key])
+                continue
             running.add(asyncio.create_task(one(key, row)))
             if len(running) >= concurrency:
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -178,21 +210,38 @@ async def run_shard(
             for returned in await asyncio.gather(*running, return_exceptions=True):
                 if isinstance(returned, BaseException):
                     raise returned
+    except BaseException:
+        for task in running:  # the shard failed or its chain was stopped: nobody waits for these rows
+            task.cancel()
+        raise
     finally:
         flush(force=True)  # whatever finished survives a crash of the rest
 
-    log.info("%s", progress_line(label, len(results), len(rows), results.values(), finished, started, usage, client))
+    if resumed:
+        log.info("%s: resumed %d of %d rows from an earlier attempt", label, resumed, len(received))
+    log.info("%s", report())
     total_usage = UsageMeter()
     total_usage.merge(earlier_usage)
     total_usage.merge(usage.snapshot())
     return ShardRun(
-        outcomes=[(row, results[k]) for k, row in zip(keys, rows)],
-        resumed=len(rows) - len(todo),
+        outcomes=[(row, results[key]) for key, row in received],
+        resumed=resumed,
         usage=total_usage.snapshot(),
         processed=finished,
         row_seconds=row_seconds,
         elapsed=time.monotonic() - started,
+        first_done=first_done,
+        last_done=last_done,
     )
+
+
+async def _as_stream(rows: Sequence[dict[str, Any]] | AsyncIterable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    if isinstance(rows, AsyncIterable):
+        async for row in rows:
+            yield row
+    else:
+        for row in rows:
+            yield row
 
 
 # Loggers that write one line per HTTP request (or retry) at INFO: a task log keeps progress lines

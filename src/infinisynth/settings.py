@@ -56,6 +56,18 @@ def env_connection(conn_id: str) -> dict[str, Any] | None:
     return value
 
 
+def connection_fields(conn: Any) -> dict[str, Any]:
+    """An Airflow connection (the task SDK's or the api-server's model) as the plain dict a lookup returns."""
+    return {
+        "host": conn.host,
+        "login": conn.login,
+        "password": conn.password,
+        "port": conn.port,
+        "schema": conn.schema,
+        "extra": conn.extra_dejson,
+    }
+
+
 # Roles that borrow another role's connection before ``llm_default``: the oracle judges answers,
 # so an installation with a judge model but no oracle uses the judge; the follow-up turns of a
 # conversation are the generator's unless they have a connection (and penalties) of their own.

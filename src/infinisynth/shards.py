@@ -15,6 +15,7 @@ Airflow retries it (the retry redoes exactly those rows) and the run goes red if
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import posixpath
 from collections import Counter
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 StageFactory = Callable[[LLMClient], Stage]
 
 MAX_PENDING_IDS = 200  # pending row ids a shard result names (the count is always exact)
+ROWS_FINISHED = "stage rows finished:"  # the log line benchmarks/bench_code_pipeline_scheduler.py reads
 
 
 @dataclass
@@ -116,7 +118,7 @@ def run_stage_shard(
         stage, run = asyncio.run(go())
     if rows:
         log.info("%s.%s shard %d model usage this attempt:\n%s", pipeline, stage_name, shard, usage.table())
-    result = _write_outcomes(store, pipeline, stage_name, ds, shard, run, stage.schema, max_transient_share)
+    result = write_outcomes(store, pipeline, stage_name, ds, shard, run, stage.schema, max_transient_share)
     result.processed, result.row_seconds, result.elapsed = run.processed, round(run.row_seconds, 3), round(run.elapsed, 3)
     return result
 
@@ -158,7 +160,7 @@ def _run_batched(
     return asyncio.run(go(role, batches.collector(online=True)))
 
 
-def _write_outcomes(
+def write_outcomes(
     store: Store,
     pipeline: str,
     stage_name: str,
@@ -183,6 +185,9 @@ def _write_outcomes(
             f"Nothing of them was saved: a retry of this task redoes exactly these rows "
             f"(e.g. {', '.join(str(row['id']) for row, _ in pending[:5])})."
         )
+    if run.last_done is not None:  # for a timeline of the night: when this step's rows finished, per shard
+        finished = {"step": stage_name, "shard": shard, "rows": rows_in, "first": run.first_done, "last": run.last_done}
+        log.info("%s %s", ROWS_FINISHED, json.dumps(finished))
     outputs, rejects = split_outcomes(stage_name, run)
     output_file = store.partition(pipeline, stage_name, ds).write_table(shard, pa.Table.from_pylist(outputs, schema=schema), schema)
     rejected_file = store.rejected(pipeline, stage_name, ds).write_table(
@@ -223,8 +228,10 @@ def run_batch_shard(store: Store, pipeline: str, ds: str, shard: int, rows: Sequ
     outcomes = asyncio.run(stage.process_batch(rows))
     if len(outcomes) != len(rows):
         raise AccountingError(f"{pipeline}.{stage.name} shard {shard}: {len(outcomes)} outcomes for {len(rows)} rows")
-    run = ShardRun(outcomes=list(zip(rows, outcomes)))
-    result = _write_outcomes(store, pipeline, stage.name, ds, shard, run, stage.schema)
+    run = ShardRun(outcomes=[])
+    if rows:
+        run.done(list(zip(rows, outcomes)))
+    result = write_outcomes(store, pipeline, stage.name, ds, shard, run, stage.schema)
     result.stats = stage.shard_stats(rows, outcomes)
     return result
 

@@ -35,8 +35,10 @@ class Step:
       pipeline-settings field it comes from (fields of the same name map by themselves).
     - ``when``: a predicate on the pipeline's settings; false, the step maps over no rows and
       writes no partition (e.g. generations beyond the ``generations`` setting).
-    - ``fused``: runs in the same mapped task as its one upstream model step, over that task's
-      output, and is committed with it (evolution and its oracle check: one task per shard).
+    - ``fused``: runs in the same mapped task as its one upstream (a model or batch step, the
+      one before it in the chain), over that task's output, and is committed with the chain's
+      head (evolution and its oracle check; quality, responses and the gates: one task per
+      shard). The chain's rows stream from step to step (:mod:`infinisynth.stream`).
     - ``commits`` (global steps): the mapped upstream steps this step's task commits before it
       runs (default: its first upstream, when that is a mapped step).
     - ``in_funnel``/``funnel_meta``: whether the night's funnel lists the step, and which of its
@@ -90,8 +92,14 @@ class PipelineSpec:
                     raise ValueError(f"{self.name}.{step.name}: upstream {up!r} is not an earlier step")
             if step.mapped and not step.upstream:
                 raise ValueError(f"{self.name}.{step.name}: a mapped step needs an upstream to map over")
-            if step.fused and (len(step.upstream) != 1 or self.step(step.upstream[0]).kind != "model" or step.kind != "model"):
-                raise ValueError(f"{self.name}.{step.name}: a fused step is a model step with exactly one upstream model step")
+            if step.fused and (len(step.upstream) != 1 or not step.mapped or not self.step(step.upstream[0]).mapped):
+                raise ValueError(
+                    f"{self.name}.{step.name}: a fused step is a model or batch step with exactly one upstream model or batch step"
+                )
+        for step in self.steps:
+            followers = [s.name for s in self.steps if s.fused and s.upstream[0] == step.name]
+            if len(followers) > 1:
+                raise ValueError(f"{self.name}.{step.name}: a chain is a line, but {followers} are all fused after it")
         for step in self.steps:
             inputs = {fed.upstream for fed in self.feeds(step.name)}
             if len(inputs) > 1:
@@ -120,13 +128,20 @@ class PipelineSpec:
                 return steps
             steps.append(fused[0])
 
+    def head(self, name: str) -> str:
+        """The step whose mapped task runs ``name``: the first step of its chain (itself unless fused)."""
+        step = self.step(name)
+        while step.fused:
+            step = self.step(step.upstream[0])
+        return step.name
+
     def absorbed(self, step: Step) -> tuple[str, ...]:
-        """The mapped steps a global step commits in its own task."""
+        """The mapped steps (chain heads) a global step commits in its own task."""
         if step.mapped:
             return ()
         if step.commits is not None:
             return step.commits
-        return step.upstream[:1] if step.upstream and self.step(step.upstream[0]).mapped else ()
+        return (self.head(step.upstream[0]),) if step.upstream and self.step(step.upstream[0]).mapped else ()
 
     def committed_by(self, name: str) -> Step | None:
         """The global step that commits mapped step ``name`` in its own task, or None when the
@@ -154,6 +169,11 @@ class PipelineSettings(BaseModel):
     )
     response_cache_max_gb: float = Field(
         20.0, gt=0, description="Size bound of the response cache; the oldest answers are deleted first (checked once a day)"
+    )
+    stream_chains: bool = Field(
+        True,
+        description="Rows flow through a mapped task's fused steps as each one finishes (e.g. quality -> responses -> lint gate); "
+        "off: each step over the whole shard, then the next. The same rows either way",
     )
     estimate: bool = Field(
         False,

@@ -117,7 +117,8 @@ def response_cache(ctx: RunContext) -> ResponseCache | None:
 
 def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> dict[str, Any]:
     """One shard of a model or batch step and the steps fused after it (the body of every mapped
-    task): ``{step: ShardResult}``. A fused step reads the shard its predecessor just wrote.
+    task): ``{step: ShardResult}``. Rows stream through the chain (:func:`streams`); staged, a
+    fused step reads the shard its predecessor just wrote.
 
     Model calls go through the run's response cache. A model step whose share of pending rows
     (calls that did not complete) exceeds ``max_transient_share`` raises
@@ -132,6 +133,10 @@ def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> di
     chain = ctx.spec.chain(step_name)
     cache = response_cache(ctx)
     try:
+        if streams(ctx, chain, rows):
+            from infinisynth.stream import stream_chain
+
+            return stream_chain(ctx, chain, ref.shard, rows, cache)
         for position, step in enumerate(chain):
             cls = stage_class(step)
             if step.kind == "batch":
@@ -157,6 +162,16 @@ def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> di
         if cache is not None:
             cache.close()
     return results
+
+
+def streams(ctx: RunContext, chain: list[Step], rows: list[dict[str, Any]]) -> bool:
+    """Whether a mapped task streams its chain (:mod:`infinisynth.stream`): a chain of several
+    steps, with rows, the ``stream_chains`` setting on, and no role in batch mode (a provider
+    batch answers a whole shard at once: its chain runs staged)."""
+    if len(chain) < 2 or not rows or not getattr(ctx.settings, "stream_chains", True):
+        return False
+    models = [step for step in chain if step.kind == "model"]
+    return all(ctx.role(role_of(step, stage_class(step))).mode != "batch" for step in models)
 
 
 def commit_step(ctx: RunContext, step_name: str, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

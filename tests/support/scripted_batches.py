@@ -200,30 +200,14 @@ class ScriptedBatches:
 
     def _answer(self, line: dict[str, Any]) -> tuple[int, Any]:
         """One batch line answered by the server's scripted rules, as its online endpoint would."""
-        server, body = self.server, line.get("body") or {}
-        answers = sys.modules[type(server).__module__]  # scripted_openai (``__main__`` when run as a script)
-        completion, default_answer, text_completion = answers.completion, answers.default_answer, answers.text_completion
-        if line.get("url", "").endswith("/completions") and not line.get("url", "").endswith("/chat/completions"):
-            prompt = body.get("prompt", "")
-            prompt = prompt if isinstance(prompt, str) else "".join(map(str, prompt))
-        else:
-            prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
-        action = server._next_action(prompt)
-        status = 500 if action.get("drop") else int(action.get("status", 200))
-        server.by_status[status] += 1
-        if status != 200:
-            return status, {"error": {"message": f"scripted status {status}", "type": "scripted", "code": status}}
-        if "body" in action:
-            return 200, action["body"]  # a body that is not a response object
-        if not line.get("url", "").endswith("/chat/completions"):
-            return 200, text_completion(body, prompt, action)
-        if "content" in action:
-            content = action["content"].replace("{prompt_digest}", hashlib.sha1(prompt.encode()).hexdigest()[:10])
-        elif "json" in action:
-            content = json.dumps(action["json"])
-        else:
-            content = default_answer(body, prompt)
-        return 200, completion(body, prompt, content)
+        answers = sys.modules[type(self.server).__module__]  # scripted_openai (``__main__`` when run as a script)
+        url, body = line.get("url", ""), line.get("body") or {}
+        chat = url.endswith("/chat/completions")
+        prompt = answers.prompt_of(body, chat=chat or not url.endswith("/completions"))
+        action = self.server._next_action(prompt)
+        if action.get("drop"):  # no connection to drop in a batch: a server error
+            action = {"status": 500}
+        return self.server.answer(body, prompt, action, chat)
 
 
 def _file_object(file_id: str, size: int, filename: str, purpose: str) -> dict[str, Any]:

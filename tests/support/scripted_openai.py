@@ -132,11 +132,7 @@ class ScriptedServer:
         return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        self.total += 1
-        self.auth_headers.add(request.headers.get("Authorization", ""))
-        body = await request.json()
-        prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
-        action = self._next_action(prompt)
+        body, prompt, action = await self._received(request, chat=True)
         self.arrivals.append(time.time())
         if self.overflow is not None and self.in_flight >= self.limit:
             return self._respond(request, body, prompt, self.overflow)  # beyond capacity: refused at once
@@ -152,20 +148,20 @@ class ScriptedServer:
                 self.in_flight -= 1
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        self.total += 1
-        self.auth_headers.add(request.headers.get("Authorization", ""))
-        body = await request.json()
-        prompt = body.get("prompt", "")
-        prompt = prompt if isinstance(prompt, str) else "".join(map(str, prompt))
-        action = self._next_action(prompt)
+        body, prompt, action = await self._received(request, chat=False)
         async with self.capacity:
             delay = action.get("delay", 0.0) + self.latency
             if delay:
                 await asyncio.sleep(delay)
-            if action.get("drop") or int(action.get("status", 200)) != 200 or "body" in action:
-                return self._respond(request, body, prompt, action)
-            self.by_status[200] += 1
-            return web.json_response(text_completion(body, prompt, action))
+            return self._respond(request, body, prompt, action, chat=False)
+
+    async def _received(self, request: web.Request, chat: bool) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        """A request counted: its body, its prompt and the action the rules give it."""
+        self.total += 1
+        self.auth_headers.add(request.headers.get("Authorization", ""))
+        body = await request.json()
+        prompt = prompt_of(body, chat)
+        return body, prompt, self._next_action(prompt)
 
     def _next_action(self, prompt: str) -> dict[str, Any]:
         for index, rule in enumerate(self.rules):
@@ -179,21 +175,35 @@ class ScriptedServer:
                 return actions[step]
         return {"default": True}
 
-    def _respond(self, request: web.Request, body: dict[str, Any], prompt: str, action: dict[str, Any]) -> web.StreamResponse:
+    def _respond(
+        self, request: web.Request, body: dict[str, Any], prompt: str, action: dict[str, Any], chat: bool = True
+    ) -> web.StreamResponse:
         if action.get("drop"):
             self.by_status[0] += 1
             if request.transport is not None:
                 request.transport.close()  # the client sees the connection die mid-request
             return web.Response(status=500)  # never delivered: the socket is gone
-        status = int(action.get("status", 200))
-        self.by_status[status] += 1
-        self.answers.append((time.time(), status))
+        status, answer = self.answer(body, prompt, action, chat)
+        if chat:
+            self.answers.append((time.time(), status))
         if status != 200:
             headers = {"Retry-After": str(action["retry_after"])} if "retry_after" in action else {}
-            error = {"error": {"message": f"scripted status {status}", "type": "scripted", "code": status}}
-            return web.json_response(error, status=status, headers=headers)
+            return web.json_response(answer, status=status, headers=headers)
         if "body" in action:
-            return web.Response(text=action["body"], content_type="application/json")
+            return web.Response(text=answer, content_type="application/json")
+        return web.json_response(answer)
+
+    def answer(self, body: dict[str, Any], prompt: str, action: dict[str, Any], chat: bool) -> tuple[int, Any]:
+        """The status and the response body the rules give a request (counted by status), online or
+        in a batch: an error object, a ``body`` action's raw text, or a (chat) completion."""
+        status = int(action.get("status", 200))
+        self.by_status[status] += 1
+        if status != 200:
+            return status, {"error": {"message": f"scripted status {status}", "type": "scripted", "code": status}}
+        if "body" in action:
+            return 200, action["body"]
+        if not chat:
+            return 200, text_completion(body, prompt, action)
         if "content" in action:
             # ``{prompt_digest}`` makes a fixed answer differ per prompt (e.g. distinct code samples).
             content = action["content"].replace("{prompt_digest}", hashlib.sha1(prompt.encode()).hexdigest()[:10])
@@ -205,7 +215,15 @@ class ScriptedServer:
             content = fenced_solution(prompt)
         else:
             content = default_answer(body, prompt)
-        return web.json_response(completion(body, prompt, content))
+        return 200, completion(body, prompt, content)
+
+
+def prompt_of(body: dict[str, Any], chat: bool) -> str:
+    """What the rules match against: a chat request's messages, or a completion request's prompt."""
+    if chat:
+        return "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+    prompt = body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else "".join(map(str, prompt))
 
 
 def completion(body: dict[str, Any], prompt: str, content: str) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from infinisynth.processes import stop
+
 SUPPORT = Path(__file__).resolve().parent
 
 
@@ -51,11 +53,7 @@ def listening_process(argv: list[str], what: str, **popen: Any) -> Iterator[tupl
             raise RuntimeError(f"{what} did not start: {line!r}")
         yield process, int(line.split()[1])
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 @contextmanager

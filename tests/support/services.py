@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.airflow import free_port
+from infinisynth.processes import free_port, stop
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -88,8 +88,4 @@ def running_redis() -> Iterator[str]:
         client.close()
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)

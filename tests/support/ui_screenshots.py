@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from infinisynth.ui_report import report_path, ui_run_url
 from tests.support import browser
-from tests.support.airflow import AIRFLOW, REPO, AirflowHome, free_port, make_airflow_home
+from tests.support.airflow import REPO, AirflowHome, make_airflow_home, running_api_server
 from tests.support.fixtures import connection_env
-from tests.support.servers import scripted_openai, wait_for_http
+from tests.support.servers import scripted_openai
 
 USER, PASSWORD = "admin", "screenshots-only"
 PRICE = {"input": 0.5, "output": 1.5}
@@ -102,29 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         root = f"file://{work / 'data'}"
         run_pipelines(home, work, root)
         runs = {row["dag_id"]: row["run_id"] for row in home.query("SELECT dag_id, run_id FROM dag_run ORDER BY run_after")}
-        (work / "passwords.json").write_text(json.dumps({USER: PASSWORD}))
-        port = free_port()
-        env = {
-            **home.env,
-            "INFINISYNTH_ROOT": root,
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": f"screenshots-only-jwt-secret-{port}",
-            "AIRFLOW__API__SECRET_KEY": "screenshots-only",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(work / "passwords.json"),
-        }
-        with (work / "api-server.log").open("wb") as log:
-            process = subprocess.Popen([AIRFLOW, "api-server"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_http(f"{base}/api/v2/monitor/health", timeout=120)
+        with running_api_server(home, root, work, USER, PASSWORD) as base:
             args.out.mkdir(parents=True, exist_ok=True)
             shoot(base, runs, args.out)
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
 
 
 def shoot(base: str, runs: dict[str, str], out: Path) -> None:

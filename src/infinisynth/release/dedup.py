@@ -170,10 +170,16 @@ def hash64(values: Sequence[str]) -> np.ndarray:
 
 class HashRuns:
     """A multimap from 8-byte hashes to int64 keys in sorted numpy runs (an LSM tree without the
-    disk): ~16 bytes an entry, appends in bulk, lookups vectorized with ``searchsorted``."""
+    disk): ~16 bytes an entry, appends in bulk, lookups vectorized with ``searchsorted``.
 
-    def __init__(self) -> None:
+    Runs merge geometrically up to ``max_run`` entries and no further: a merge briefly holds about
+    three copies of what it merges, so an unbounded last merge would spike memory by ~3x the whole
+    map; capped, the spike is ~3x ``max_run`` (96 MB) and a lookup probes one more run per
+    ``max_run`` entries."""
+
+    def __init__(self, max_run: int = 1 << 21) -> None:
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.max_run = max_run
 
     def __len__(self) -> int:
         return sum(len(h) for h, _ in self.runs)
@@ -183,7 +189,11 @@ class HashRuns:
             return
         order = np.argsort(hashes, kind="stable")
         self.runs.append((np.asarray(hashes, np.uint64)[order], np.asarray(keys, np.int64)[order]))
-        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):  # geometric merges: O(n log n) in all
+        while (  # geometric merges: O(n log n) in all
+            len(self.runs) > 1
+            and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0])
+            and len(self.runs[-2][0]) + len(self.runs[-1][0]) <= self.max_run
+        ):
             (h1, k1), (h2, k2) = self.runs[-2], self.runs[-1]
             h, k = np.concatenate([h1, h2]), np.concatenate([k1, k2])
             order = np.lexsort((k, h))

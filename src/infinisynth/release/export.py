@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -104,6 +104,13 @@ class FolderWriter:
         self.store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         self.store.fs.pipe_file(path, text.encode("utf-8"))
 
+    def text_chunks(self, relative: str, chunks: Iterable[str]) -> None:
+        path = posixpath.join(self.staging, relative)
+        self.store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with self.store.fs.open(path, "wb") as sink:
+            for chunk in chunks:
+                sink.write(chunk.encode("utf-8"))
+
     def publish(self) -> str:
         fs, final = self.store.fs, release_path(self.store, self.version)
         old = posixpath.join(self.store.root, RELEASES, f"_retired-{self.version}-{uuid.uuid4().hex[:8]}")
@@ -167,3 +174,13 @@ def push_to_hub(
 
 def report_json(report: Mapping[str, Any]) -> str:
     return json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def report_json_chunks(summary: Mapping[str, Any], dropped: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    """report.json a piece at a time: the summary, then ``dropped_rows`` one row a line (a large
+    release drops tens of thousands of rows: the report never holds them all at once)."""
+    head = json.dumps(dict(summary), indent=2, sort_keys=True, default=str)
+    yield head[:-1].rstrip() + ("," if summary else "") + '\n  "dropped_rows": ['  # the summary without its closing brace
+    for n, row in enumerate(dropped):
+        yield ("," if n else "") + "\n    " + json.dumps(row, sort_keys=True, default=str)
+    yield "\n  ]\n}\n"

@@ -101,18 +101,6 @@ def candidates_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=CANDIDATE_SCHEMA)
 
 
-def priority_order(table: pa.Table) -> pa.Table:
-    """Published rows first, then answered-but-unpublished ones, each in pipeline, date, id order:
-    dedup keeps the first of a group, so a published row always wins over a variant-only one."""
-    if table.num_rows == 0:
-        return table
-    rank = pa.array([0 if d else (1 if lint else 2) for d, lint in zip(table["in_dataset"].to_pylist(), table["lint_passed"].to_pylist())])
-    pipeline_rank = pa.array([PIPELINES.index(p) if p in PIPELINES else len(PIPELINES) for p in table["pipeline"].to_pylist()])
-    keyed = table.append_column("_rank", rank).append_column("_pipeline", pipeline_rank)
-    keyed = keyed.sort_by([("_rank", "ascending"), ("_pipeline", "ascending"), ("source_ds", "ascending"), ("id", "ascending")])
-    return keyed.drop_columns(["_rank", "_pipeline"])
-
-
 def input_rows(rejected: pa.Table) -> list[dict[str, Any]]:
     """The input rows a rejected table kept (``input_json``)."""
     return [json.loads(text) for text in rejected.column("input_json").to_pylist() if text]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,35 @@ class Variant:
     note: str = ""
 
 
-def _order(ids: Sequence[str]) -> list[int]:
-    return sorted(range(len(ids)), key=lambda i: hashlib.sha256(ids[i].encode()).digest())
+ORIGINS = ("reverse", "backfeed")
+HASH_SLICE = 65_536  # ids turned into Python strings at a time
 
 
-def mix_mask(ids: Sequence[str], origin: Sequence[str], reverse_share: float) -> np.ndarray:
-    """Which rows a reverse:backfeed mix at ``reverse_share`` : 1 - ``reverse_share`` keeps."""
-    order = _order(ids)
-    reverse = [i for i in order if origin[i] == "reverse"]
-    backfeed = [i for i in order if origin[i] == "backfeed"]
+def id_order(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Positions of ``ids`` in the order of their SHA-256 (its first 8 bytes): a deterministic
+    shuffle, 8 bytes a row, hashed a slice at a time so no Python object per row is kept."""
+    keys = np.empty(len(ids), dtype=np.uint64)
+    for start in range(0, len(ids), HASH_SLICE):
+        part = ids.slice(start, HASH_SLICE).to_pylist()
+        digests = b"".join(hashlib.sha256(i.encode()).digest()[:8] for i in part)
+        keys[start : start + len(part)] = np.frombuffer(digests, dtype=">u8")
+    return np.argsort(keys, kind="stable")
+
+
+def origin_flags(origin: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(is reverse, is backfeed) per row."""
+    reverse, backfeed = (np.asarray(pc.fill_null(pc.equal(origin, o), False).to_numpy(zero_copy_only=False), dtype=bool) for o in ORIGINS)
+    return reverse, backfeed
+
+
+def mix_mask(
+    order: np.ndarray, is_reverse: np.ndarray, is_backfeed: np.ndarray, reverse_share: float, eligible: np.ndarray | None = None
+) -> np.ndarray:
+    """Which rows a reverse:backfeed mix at ``reverse_share`` : 1 - ``reverse_share`` keeps, among
+    the ``eligible`` rows (all by default), reverse and backfeed rows taken in ``order``."""
+    if eligible is not None:
+        order = order[eligible[order]]
+    reverse, backfeed = order[is_reverse[order]], order[is_backfeed[order]]
     if reverse_share >= 1:
         r, b = len(reverse), 0
     elif reverse_share <= 0:
@@ -46,14 +67,17 @@ def mix_mask(ids: Sequence[str], origin: Sequence[str], reverse_share: float) ->
         total = min(len(reverse) / reverse_share, len(backfeed) / (1 - reverse_share))
         r, b = int(round(total * reverse_share)), int(round(total * (1 - reverse_share)))
         r, b = min(r, len(reverse)), min(b, len(backfeed))
-    mask = np.array([o not in ("reverse", "backfeed") for o in origin], dtype=bool)
-    mask[np.asarray(reverse[:r] + backfeed[:b], dtype=np.int64)] = True
+    mask = np.zeros(len(is_reverse), dtype=bool)
+    mask[order[~(is_reverse[order] | is_backfeed[order])]] = True  # other origins: unchanged
+    mask[reverse[:r]] = True
+    mask[backfeed[:b]] = True
     return mask
 
 
 def mix(table: pa.Table, reverse_share: float) -> pa.Table:
     """The table with reverse:backfeed rows at ``reverse_share`` : 1 - ``reverse_share``."""
-    return table.filter(pa.array(mix_mask(table["id"].to_pylist(), table["origin"].to_pylist(), reverse_share), pa.bool_()))
+    mask = mix_mask(id_order(table["id"]), *origin_flags(table["origin"]), reverse_share)
+    return table.filter(pa.array(mask, pa.bool_()))
 
 
 def parse_mix(text: str) -> tuple[int, int]:
@@ -100,13 +124,10 @@ def plan(
             note = f"incomplete: the code pipeline answered only problems scoring >= {answered_from:g} (its answer_threshold)"
         out.append(Plan(f"quality_{threshold:g}", f"lint-passed rows with quality >= {threshold:g}", mask, note))
     if mixes:
-        released = np.nonzero(in_dataset)[0]
-        ids = columns["id"].take(released).to_pylist()
-        origin = columns["origin"].take(released).to_pylist()
+        order, (is_reverse, is_backfeed) = id_order(columns["id"]), origin_flags(columns["origin"])
         for text in mixes:
             r, b = parse_mix(text)
-            mask = np.zeros(len(in_dataset), dtype=bool)
-            mask[released[mix_mask(ids, origin, r / 100)]] = True
+            mask = mix_mask(order, is_reverse, is_backfeed, r / 100, eligible=in_dataset)
             out.append(Plan(f"mix_{r}_{b}", f"the release with reverse:backfeed rows at {r}:{b}", mask))
     if lint_unfiltered:
         mask = in_dataset | (~lint & (unscored | (np.nan_to_num(quality, nan=-1.0) >= publish_threshold)))

@@ -3,6 +3,10 @@
 seeds -> reverse -> keywords -> [knowledge graph -> combinations] -> backfeed
       -> quality (reverse + backfeed problems) -> respond -> verify (static lint gate) -> write_tests -> execute (test gate) -> dataset
 seeds -> seed_quality (the seeds' own problems, for the complexity-by-origin report)
+
+Two chains stream in one mapped task each (:mod:`infinisynth.stream`): reverse -> keywords, and
+quality -> respond -> verify -> write_tests -> execute. The barriers left are the method's: the
+knowledge graph needs every keyword, quality reads reverse and backfeed problems alike.
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ SPEC = PipelineSpec(
             # Mined snippets carry no problems: nothing to score, so the step is off for them.
             when=lambda settings: settings.score_seed_problems and settings.seed_source != "mine",
         ),
-        Step("keywords", "infinisynth.stages.keywords:KeywordExtraction", upstream=("reverse",), task="extract_keywords"),
+        # Each problem's keywords as soon as it is made, in reverse construction's task.
+        Step("keywords", "infinisynth.stages.keywords:KeywordExtraction", upstream=("reverse",), fused=True),
         Step(
             "combinations",
             "infinisynth.pipelines.code_instruct:PlanBackfeed",
@@ -114,7 +119,9 @@ SPEC = PipelineSpec(
             task="assess_quality",
             settings={"samples": "quality_samples", "threshold": "answer_threshold"},
         ),
-        *answered_and_verified("quality"),
+        # A problem the judges pass is answered, linted and tested in the same task, while the
+        # rest of its shard is still being judged.
+        *answered_and_verified("quality", fused=True),
         Step(
             "dataset",
             "infinisynth.pipelines.code_instruct:Publish",

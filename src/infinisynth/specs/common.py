@@ -35,14 +35,17 @@ class LintGate(BaseModel):
 VERIFIED = "execute"  # the last step of answered_and_verified: the answers that passed every gate
 
 
-def answered_and_verified(after: str) -> tuple[Step, Step, Step, Step]:
+def answered_and_verified(after: str, *, fused: bool = False) -> tuple[Step, Step, Step, Step]:
     """Responses to the problems of step ``after``, then the lint gate on them (Infinite-Instruct
     3.3-3.4), then tests written for the lint-clean ones and run in the sandbox (the ``test_gate``
     Param; docs/SANDBOX.md). ``write_tests`` has no ``when``: a switched-off step writes no
     partition, so ``execute`` would get nothing to pass through; with the gate off it makes no
-    model call and passes every row on (``tests`` null)."""
+    model call and passes every row on (``tests`` null).
+
+    ``fused``: the four run in the mapped task of ``after`` (a mapped step), each row streaming
+    from the judge to the answer to the gates; the task ids are then those of ``after``'s chain."""
     return (
-        Step("respond", "infinisynth.stages.respond:ResponseGeneration", upstream=(after,), task="generate_responses"),
+        Step("respond", "infinisynth.stages.respond:ResponseGeneration", upstream=(after,), task="generate_responses", fused=fused),
         Step(
             "verify",
             "infinisynth.stages.verify:StaticVerification",
@@ -50,8 +53,15 @@ def answered_and_verified(after: str) -> tuple[Step, Step, Step, Step]:
             upstream=("respond",),
             task="verify_responses",
             funnel_meta=("discard_by_language",),
+            fused=fused,
         ),
-        Step("write_tests", "infinisynth.stages.write_tests:WriteTests", upstream=("verify",), settings={"enabled": "test_gate"}),
+        Step(
+            "write_tests",
+            "infinisynth.stages.write_tests:WriteTests",
+            upstream=("verify",),
+            settings={"enabled": "test_gate"},
+            fused=fused,
+        ),
         Step(
             VERIFIED,
             "infinisynth.stages.execute:DynamicVerification",
@@ -59,5 +69,6 @@ def answered_and_verified(after: str) -> tuple[Step, Step, Step, Step]:
             upstream=("write_tests",),
             task="execute_tests",
             funnel_meta=("test_pass_by_language",),
+            fused=fused,
         ),
     )

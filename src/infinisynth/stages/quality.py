@@ -17,19 +17,10 @@ from pydantic import BaseModel, Field
 
 from infinisynth.languages import display_name
 from infinisynth.llm import first_failure
+from infinisynth.quality_dimensions import DIMENSIONS
 from infinisynth.records import schema_with
 from infinisynth.stages.base import Messages, ModelStage, Outcome, Passed, Rejected, Row, StageSettings
 from infinisynth.stages.problems import PROBLEM_FIELDS
-
-DIMENSIONS = (
-    "specificity",
-    "domain_knowledge",
-    "complexity",
-    "problem_solving",
-    "creativity",
-    "technical_accuracy",
-    "practical_application",
-)
 
 # An enum rather than a 1..10 range: grammar-constrained decoders (llama.cpp) enforce enums but
 # not numeric bounds, so small models cannot answer 34.

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from infinisynth.settings import store_for
+from infinisynth.settings import connection_fields, store_for
 from infinisynth.storage import Store
 from infinisynth.ui_report.app import Backend, RunInfo, create_app
 
@@ -28,14 +28,7 @@ def connection_lookup(conn_id: str) -> dict[str, Any] | None:
         conn = Connection.get_connection_from_secrets(conn_id)
     except AirflowNotFoundException:
         return None
-    return {
-        "host": conn.host,
-        "login": conn.login,
-        "password": conn.password,
-        "port": conn.port,
-        "schema": conn.schema,
-        "extra": conn.extra_dejson,
-    }
+    return connection_fields(conn)
 
 
 def can_read(user: Any, dag_id: str) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from infinisynth.quality_dimensions import DIMENSIONS
 from infinisynth.storage import MANIFEST, Partition, PartitionNotFound, SchemaMismatch, Store, partition_key
 
 # DAG id -> the pipeline folder its tables live in, and its published table.
@@ -30,15 +31,6 @@ PIPELINES: dict[str, str] = {
 }
 PUBLISHED = "dataset"
 PAPER_COMPLEXITY = {"seed": 3.17, "reverse": 5.85, "backfeed": 6.83}  # Infinite-Instruct, Table 3
-QUALITY_DIMENSIONS = (
-    "specificity",
-    "domain_knowledge",
-    "complexity",
-    "problem_solving",
-    "creativity",
-    "technical_accuracy",
-    "practical_application",
-)
 SAMPLE_ROWS = 20
 MAX_SAMPLE_CHARS = 4000  # per field of a rejected-row sample
 TREND_NIGHTS = 14
@@ -247,7 +239,7 @@ def quality_histograms(store: Store, pipeline: str, ds: str, stage: str = "quali
             scores.append(evidence["quality_scores"])
     bins = list(range(11))
     histograms = {}
-    for dimension in QUALITY_DIMENSIONS:
+    for dimension in DIMENSIONS:
         counts = [0] * len(bins)
         for s in scores:
             value = s.get(dimension)

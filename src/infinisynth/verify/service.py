@@ -21,7 +21,7 @@ import argparse
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -52,22 +52,27 @@ class _Item(BaseModel):
     code: str
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[_Item]
-
-
-class _ExecItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1)
-    language: str = Field(min_length=1, max_length=64)
-    code: str
+class _ExecItem(_Item):
     tests: str
 
 
-class _ExecRequest(BaseModel):
+class _Request(BaseModel):
+    """The body of ``/v1/lint``."""
+
     model_config = ConfigDict(extra="forbid")
+    shape: ClassVar[str] = '{"items": [{"id", "language", "code"}]}'
+    items: list[_Item]
+
+
+class _ExecRequest(BaseModel):
+    """The body of ``/v1/execute``."""
+
+    model_config = ConfigDict(extra="forbid")
+    shape: ClassVar[str] = '{"items": [{"id", "language", "code", "tests"}]}'
     items: list[_ExecItem]
+
+
+_Body = TypeVar("_Body", _Request, _ExecRequest)
 
 
 def result_json(result: LintResult) -> dict[str, Any]:
@@ -122,15 +127,7 @@ def create_app(
 
     @app.post("/v1/lint")
     async def lint(request: Request) -> JSONResponse:
-        request_body = await _read_capped(request, limits.max_body_bytes)
-        try:
-            parsed = _Request.model_validate_json(request_body)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
-            raise HTTPException(422, f'the body must be {{"items": [{{"id", "language", "code"}}]}} ({problems})') from None
-        items = parsed.items
-        if len(items) > limits.max_items:
-            raise HTTPException(422, f"{len(items)} items in one request; the service takes at most {limits.max_items}: split the request")
+        items = (await _read_items(request, _Request, limits)).items
         too_long = next((i for i, item in enumerate(items) if len(item.id) > limits.max_id_chars), None)
         if too_long is not None:
             raise HTTPException(422, f"items.{too_long}.id is longer than {limits.max_id_chars} characters")
@@ -154,14 +151,7 @@ def create_app(
 
     @app.post("/v1/execute")
     async def execute(request: Request) -> JSONResponse:
-        request_body = await _read_capped(request, limits.max_body_bytes)
-        try:
-            parsed = _ExecRequest.model_validate_json(request_body)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
-            raise HTTPException(422, f'the body must be {{"items": [{{"id", "language", "code", "tests"}}]}} ({problems})') from None
-        if len(parsed.items) > limits.max_items:
-            raise HTTPException(422, f"{len(parsed.items)} items in one request; the service takes at most {limits.max_items}")
+        parsed = await _read_items(request, _ExecRequest, limits)
         try:
             sandboxed = sandbox_runner()
         except SandboxUnavailable as exc:
@@ -174,6 +164,22 @@ def create_app(
         return JSONResponse({"results": [asdict(result) for result in done]})
 
     return app
+
+
+async def _read_items(request: Request, model: type[_Body], limits: ServiceLimits) -> _Body:
+    """The request's body as ``model`` (a list of ``items``), or 413 (over the byte cap) or 422
+    (not that shape, or more items than one request may carry)."""
+    request_body = await _read_capped(request, limits.max_body_bytes)
+    try:
+        parsed = model.model_validate_json(request_body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
+        raise HTTPException(422, f"the body must be {model.shape} ({problems})") from None
+    if len(parsed.items) > limits.max_items:
+        raise HTTPException(
+            422, f"{len(parsed.items)} items in one request; the service takes at most {limits.max_items}: split the request"
+        )
+    return parsed
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:

@@ -1,6 +1,7 @@
-"""Run one Reverse Construction shard in its own process, so a test can kill it mid-shard.
+"""Run one shard of a code-pipeline chain (reverse construction and the keywords streamed after
+it) in its own process, so a test can kill it mid-chain.
 
-python run_reverse_shard.py ROOT DS SHARD_JSON BASE_URL
+python run_chain_shard.py ROOT DS SHARD_JSON BASE_URL
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ def main() -> None:
     root, ds, shard_json, base_url = sys.argv[1:5]
     connection = {"host": base_url, "extra": {"model": "scripted", "max_concurrency": 2}}
     ctx = RunContext(SPEC, store_for(root), ds, CodeInstructSettings(), roles=lambda role: role_config(role, lambda _: connection))
-    result = run_step_shard(ctx, "reverse", json.loads(shard_json))
-    print("RESULT " + json.dumps(result["reverse"]), flush=True)
+    print("RESULT " + json.dumps(run_step_shard(ctx, "reverse", json.loads(shard_json))), flush=True)
 
 
 if __name__ == "__main__":
