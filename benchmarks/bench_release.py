@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embed-sample", type=int, default=5_000)
     parser.add_argument("--root", default="/tmp/bench13")
     parser.add_argument("--rates", default="", help="MiniLM rates measured before (the JSON this prints), instead of a sample")
+    parser.add_argument("--segment-rows", type=int, default=0, help="rows of dedup's in-memory HNSW segment (default: the release's)")
     args = parser.parse_args(argv)
     from infinisynth.pipelines.release import Decontaminate, Deduplicate, ReleaseSettings, release_context
     from infinisynth.steps import run_global_step
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"planted {planted} in {time.perf_counter() - started:,.0f} s (not timed below)", flush=True)
 
     Deduplicate.embed = vectors  # precomputed: see the module's note
+    if args.segment_rows:
+        Deduplicate.segment_rows = args.segment_rows
     Decontaminate.embed = vectors
     settings = ReleaseSettings(
         storage_root=store.root_url,
@@ -279,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(
             {  # NaN (no MiniLM sample) prints as NaN: json.dumps allows it
                 "rows": args.rows,
+                "segment_rows": Deduplicate.segment_rows,
                 "bench_items": args.bench_items + len(humaneval()),
                 "minilm_rows_per_s": {k: round(v, 1) for k, v in rates.items()},
                 "embed_sample": args.embed_sample,

@@ -5,7 +5,8 @@ Steps, each a task over Parquet partitions of the run's logical date (declared i
 
 1. **prepare_seeds**: mine code snippets (or read a Magicoder-OSS-Instruct-shaped file).
 2. **reverse_construct** (mapped over shards): each snippet -> self-contained programming problems,
-   streamed row by row into keyword extraction (task, instruction and knowledge keywords).
+   streamed row by row into keyword extraction (task, instruction and knowledge keywords); beside
+   them, a seed file's own problems are judged for the complexity-by-origin report.
 3. **build_knowledge_graph**: commits both; keywords -> knowledge graph (grown night over night)
    -> keyword combinations sampled from connected triples.
 4. **backfeed_construct**: each combination -> a new problem with stronger internal logic.

@@ -61,7 +61,8 @@ def test_dedup_names_method_and_counterpart_within_and_across_releases(tmp_path)
     assert [(d.method, d.counterpart, d.release) for d in second.duplicates] == [("exact", "r0", "v1"), ("semantic", "r4", "v1")]
     assert second.keep.tolist() == [False, False, True]
 
-    # the same, with v1's HNSW index saved (keys: ANN_BASE + row of its index table) and memory-mapped
+    # the same, with v1's HNSW index saved as releases before key maps saved it (keys: ANN_BASE + row
+    # of its index table) and memory-mapped: the identity map
     from usearch.index import Index
 
     saved = Index(ndim=EMBEDDING_DIM, metric="cos", dtype="i8")
@@ -75,6 +76,56 @@ def test_dedup_names_method_and_counterpart_within_and_across_releases(tmp_path)
         ["n0", "n1", "n2"], ["sort a LIST", "Flip a string around.", "Something new."], fake_embedder(vectors), DedupSettings(), viewed
     )
     assert [(d.method, d.counterpart, d.release) for d in third.duplicates] == [("exact", "r0", "v1"), ("semantic", "r4", "v1")]
+
+
+def paraphrased(rows: int, paraphrases: int, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Distinct texts with random vectors, then paraphrases (another text, its original's vector plus noise: cosine ~0.98)."""
+    rng = np.random.default_rng(seed)
+    texts = [f"row {i} " + " ".join(f"w{int(w)}" for w in rng.integers(0, 10**6, 12)) for i in range(rows)]
+    vectors = {t: random_unit(t) for t in texts}
+    for j in range(paraphrases):
+        original = vectors[texts[int(rng.integers(rows))]]
+        noisy = original + 0.008 * rng.standard_normal(EMBEDDING_DIM).astype(np.float32)
+        texts.append(f"paraphrase {j} of something")
+        vectors[texts[-1]] = noisy / np.linalg.norm(noisy)
+    return texts, vectors
+
+
+def verdicts(result) -> list[tuple[int, str, str, str | None]]:
+    return [(d.row, d.method, d.counterpart, d.release) for d in result.duplicates]
+
+
+def test_hnsw_segments_drop_the_same_rows_as_one_index_within_and_across_releases(tmp_path):
+    """Segments of 37 rows (saved, memory-mapped, all searched) against one in-memory index: the same
+    verdicts, within a release across batches and against an earlier release's published segments
+    read through its key map (which leaves out a row the earlier release did not publish)."""
+    texts, vectors = paraphrased(400, 60)
+    embed = fake_embedder(vectors)
+    ids = [f"r{i}" for i in range(len(texts))]
+    segmented = ReleasedIndex(DedupSettings(batch_size=64, segment_rows=37), segment_dir=str(tmp_path), segment_prefix="v1")
+    one = deduplicate(ids, texts, embed, DedupSettings(batch_size=64))
+    many = deduplicate(ids, texts, embed, DedupSettings(batch_size=64, segment_rows=37), segmented)
+    assert verdicts(many) == verdicts(one) and sum(d.method == "semantic" for d in one.duplicates) >= 55
+    assert len(segmented.seal()) == -(-400 // 37) and len(segmented.ann) == 0  # every segment saved, none in memory
+
+    # v1 publishes its segments and the keys of the rows it released: all but its first kept row
+    published = one.index.slice(1)
+    key_map = np.arange(1, one.index.num_rows, dtype=np.uint64)  # keys are registration ordinals: row r's key is r
+    np.save(tmp_path / "keys.npy", key_map)
+    later_texts = [texts[0], texts[5], *(f"paraphrase {j} of something" for j in range(3)), "brand new text"]
+    later_ids = [f"n{i}" for i in range(len(later_texts))]
+    expected = None
+    for segments in ([], segmented.segments):
+        earlier = ReleasedIndex(DedupSettings(batch_size=64, segment_rows=37))
+        if segments:
+            earlier.load(published.drop_columns(["embedding"]), "v1", segments, np.load(tmp_path / "keys.npy", mmap_mode="r"))
+        else:
+            earlier.load(published, "v1")  # rebuilt from the published embeddings: only released rows
+        got = verdicts(deduplicate(later_ids, later_texts, embed, DedupSettings(batch_size=64), earlier))
+        assert all(counterpart != "r0" for _, _, counterpart, _ in got)  # never the row v1 did not publish
+        assert (1, "exact", "r5", "v1") in got
+        expected = got if expected is None else expected
+        assert got == expected
 
 
 def test_hash_runs_capped_at_a_run_size_find_every_key():
@@ -95,6 +146,7 @@ def test_hash_runs_capped_at_a_run_size_find_every_key():
 
     expected = sorted((q, int(k)) for q, h in enumerate(queries) for k in np.nonzero(hashes == h)[0])
     assert found(capped) == found(whole) == expected and len(capped) == len(hashes)
+    assert any(isinstance(h, np.memmap) for h, _ in capped.runs)  # runs that stopped growing are memory-mapped files
 
 
 def test_seen_texts_is_the_seed_miners_exact_and_near_check():

@@ -221,6 +221,11 @@ def test_chain_validation_allows_batch_steps_and_keeps_a_chain_a_line():
         spec(Step("draft", "tests.test_streaming:Draft", upstream=("source",), fused=True))
     assert [s.name for s in SPEC.chain("draft")] == ["draft", "final", "check"]
     assert SPEC.head("check") == "draft"
+    with pytest.raises(ValueError, match="beside names"):  # a step beside another reads the same shards
+        spec(
+            Step("draft", "tests.test_streaming:Draft", upstream=("source",)),
+            Step("final", "tests.test_streaming:Final", upstream=("draft",), beside="draft"),
+        )
 
 
 def test_the_code_pipeline_streams_two_chains():
@@ -230,6 +235,9 @@ def test_the_code_pipeline_streams_two_chains():
     assert [s.name for s in CODE.chain("quality")] == ["quality", "respond", "verify", "write_tests", "execute"]
     assert CODE.absorbed(CODE.step("combinations")) == ("reverse",)  # the graph build commits reverse and keywords
     assert CODE.absorbed(CODE.step("dataset")) == ("quality",)  # publishing commits the whole answer chain
+    # seed-problem scoring runs beside reverse construction: in its tasks, committed with it
+    assert [[s.name for s in chain] for chain in CODE.chains("reverse")] == [["reverse", "keywords"], ["seed_quality"]]
+    assert CODE.head("seed_quality") == "reverse" and CODE.feeds("seeds") == [CODE.step("reverse")]
 
 
 def test_a_forwarded_row_is_the_row_read_back_from_the_data_file():

@@ -185,16 +185,17 @@ def settle() -> None:
 
 
 def switched_off(spec: PipelineSpec, step: str, params: Mapping[str, Any] | None) -> bool:
-    """Whether the run's settings switch off every step a mapped task of ``step`` runs (its chain):
-    then its shard maps to nothing and the task ends before loading the library (Airflow still
-    creates the task instances: a step's shards are the same list as its siblings')."""
+    """Whether the run's settings switch off every step a mapped task of ``step`` runs (its chain
+    and those beside it): then its shard maps to nothing and the task ends before loading the
+    library (Airflow still creates the task instances: a step's shards are the same list as its
+    siblings')."""
     if spec.context:  # the settings come from the spec's own hook, with the run
         return False
     try:
         settings = spec.settings(**dict(params or {}))
     except ValueError:  # invalid Params: the task's full path says so
         return False
-    return not any(s.runs(settings) for s in spec.chain(step))
+    return not any(s.runs(settings) for s in spec.task_steps(step))
 
 
 def context(spec: PipelineSpec, params: Mapping[str, Any], ds: str, run: dict[str, Any] | None = None) -> Any:
@@ -298,15 +299,15 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
     finished: dict[str, Any] = {}  # step -> the task after which its partition is committed
     mapped: dict[str, Any] = {}  # mapped step -> its mapped task (whose results its commit reads)
     for step in spec.steps:
-        if step.fused:
-            continue  # runs and commits with the head of its chain
+        if step.fused or step.beside:
+            continue  # runs and commits with the head of its chain, or beside another step
         if not step.mapped:
             absorbed = spec.absorbed(step)
             done = global_step.override(task_id=step.task_id, outlets=list(outlets.get(step.name, ())))(
                 step=step.name, upstream_results={name: mapped[name] for name in absorbed} or None, run=run
             )
             for name in absorbed:
-                for fused in spec.chain(name):
+                for fused in spec.task_steps(name):
                     finished[fused.name] = done
             for name in step.upstream:
                 if spec.head(name) not in absorbed:
@@ -319,7 +320,7 @@ def build_tasks(spec: PipelineSpec, outlets: Mapping[str, Sequence[Any]] | None 
         for name in step.upstream[:-1]:
             finished[name] >> done
         mapped[step.name] = done
-        chain = spec.chain(step.name)
+        chain = spec.task_steps(step.name)
         if spec.committed_by(step.name) is None:
             task_id = step.commit_task or f"commit_{step.name}"
             done = commit.override(task_id=task_id, outlets=list(outlets.get(step.name, ())))(step=step.name, results=done, run=run)

@@ -105,43 +105,45 @@ def sample_step_shard(ctx: Any, step_name: str, shard: dict[str, Any]) -> dict[s
     scale = stage_scale(ctx, ref.stage)
     sample_size = int(ctx.settings.estimate_sample)
     results: dict[str, Any] = {}
-    chain = ctx.spec.chain(step_name)
-    for position, step in enumerate(chain):
-        cls = stage_class(step)
-        if step.kind == "batch":  # no model calls: the whole (already sampled) shard
-            result = run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, ref.shard, rows, cls.from_context(ctx))
-            result.estimate = {"kind": "batch", "factor": scale, "rows": len(rows), "sample": len(rows)}
-        else:
-            todo = cls.prepare_rows(rows) if enabled(ctx, step) else []
-            sample = todo[:sample_size]
-            factor = scale * len(todo) / len(sample) if sample else scale
-            role = ctx.role(role_of(step, cls))
-            batch = getattr(role, "mode", "online") == "batch"
-            if batch:  # the sample is answered at once; the projection prices the run at the batch price
-                role = role.with_overrides(mode="online")
-            result = run_stage_shard(ctx.store, ctx.spec.name, step.name, ctx.ds, ref.shard, sample, role, model_stage(ctx, step))
-            price = role_price(role)
-            result.estimate = {
-                "kind": "model",
-                "factor": factor,  # full-run rows one sampled row stands for
-                "rows": len(todo),
-                "sample": len(sample),
-                "scale_in": scale,
-                "role": role.role,
-                "model": role.model,
-                "price": describe(price),
-                "priced": price is not None,
-                "price_per_million": price.model_dump() if price is not None else None,
-                "batch": batch,
-                "max_concurrency": role.max_concurrency,
-                "requests_per_minute": role.requests_per_minute,
-                "tokens_per_minute": role.tokens_per_minute,
-                "shard_size": getattr(ctx.settings, "shard_size", None),
-            }
-            scale = factor
-        results[step.name] = result.to_dict()
-        if position + 1 < len(chain):
-            rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
+    shard_rows, shard_scale = rows, scale
+    for chain in ctx.spec.chains(step_name):  # its own chain, then any beside it, over the same rows
+        rows, scale = shard_rows, shard_scale
+        for position, step in enumerate(chain):
+            cls = stage_class(step)
+            if step.kind == "batch":  # no model calls: the whole (already sampled) shard
+                result = run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, ref.shard, rows, cls.from_context(ctx))
+                result.estimate = {"kind": "batch", "factor": scale, "rows": len(rows), "sample": len(rows)}
+            else:
+                todo = cls.prepare_rows(rows) if enabled(ctx, step) else []
+                sample = todo[:sample_size]
+                factor = scale * len(todo) / len(sample) if sample else scale
+                role = ctx.role(role_of(step, cls))
+                batch = getattr(role, "mode", "online") == "batch"
+                if batch:  # the sample is answered at once; the projection prices the run at the batch price
+                    role = role.with_overrides(mode="online")
+                result = run_stage_shard(ctx.store, ctx.spec.name, step.name, ctx.ds, ref.shard, sample, role, model_stage(ctx, step))
+                price = role_price(role)
+                result.estimate = {
+                    "kind": "model",
+                    "factor": factor,  # full-run rows one sampled row stands for
+                    "rows": len(todo),
+                    "sample": len(sample),
+                    "scale_in": scale,
+                    "role": role.role,
+                    "model": role.model,
+                    "price": describe(price),
+                    "priced": price is not None,
+                    "price_per_million": price.model_dump() if price is not None else None,
+                    "batch": batch,
+                    "max_concurrency": role.max_concurrency,
+                    "requests_per_minute": role.requests_per_minute,
+                    "tokens_per_minute": role.tokens_per_minute,
+                    "shard_size": getattr(ctx.settings, "shard_size", None),
+                }
+                scale = factor
+            results[step.name] = result.to_dict()
+            if position + 1 < len(chain):
+                rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
     return results
 
 

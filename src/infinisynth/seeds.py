@@ -56,7 +56,6 @@ import pyarrow.parquet as pq
 
 from infinisynth.errors import InputError
 from infinisynth.records import content_id, schema_with
-from infinisynth.release.dedup import SeenTexts
 from infinisynth.stages.base import Rejected, Row, rejected_row
 
 log = logging.getLogger(__name__)
@@ -790,6 +789,10 @@ class _Deduplicator:
     token 3-shingles), through the deduplicator the release shares (:mod:`infinisynth.release.dedup`)."""
 
     def __init__(self, stats: SeedStats) -> None:
+        # imported here: datasketch (and the scipy it loads) took 1.1 s of every task that imports
+        # this module (the graph build, publish), and only mining needs it
+        from infinisynth.release.dedup import SeenTexts
+
         self.stats = stats
         self.seen = SeenTexts(_NEAR_DUPLICATE_THRESHOLD, _MINHASH_PERMUTATIONS)
 

@@ -39,6 +39,10 @@ class Step:
       one before it in the chain), over that task's output, and is committed with the chain's
       head (evolution and its oracle check; quality, responses and the gates: one task per
       shard). The chain's rows stream from step to step (:mod:`infinisynth.stream`).
+    - ``beside``: runs in the mapped task of step ``beside`` (a step mapped over the same
+      upstream shards), after that step's chain, and is committed with it: no task instances of
+      its own (seed-problem scoring beside reverse construction: mined seeds switch it off, and a
+      mapped task of its own still cost Airflow a process per shard).
     - ``commits`` (global steps): the mapped upstream steps this step's task commits before it
       runs (default: its first upstream, when that is a mapped step).
     - ``in_funnel``/``funnel_meta``: whether the night's funnel lists the step, and which of its
@@ -55,6 +59,7 @@ class Step:
     settings: Mapping[str, str] = field(default_factory=dict)
     when: Callable[[Any], bool] | None = None
     fused: bool = False
+    beside: str | None = None
     commits: tuple[str, ...] | None = None
     in_funnel: bool = True  # part of the night's funnel table
     funnel_meta: tuple[str, ...] = ()  # manifest keys shown beside the step's funnel entry
@@ -97,6 +102,15 @@ class PipelineSpec:
                     f"{self.name}.{step.name}: a fused step is a model or batch step with exactly one upstream model or batch step"
                 )
         for step in self.steps:
+            if step.beside is not None:
+                host = self.step(step.beside)
+                if not step.mapped or step.fused or not host.mapped or host.fused or host.beside or host.upstream != step.upstream:
+                    raise ValueError(
+                        f"{self.name}.{step.name}: beside names a model or batch step of its own task that reads the same upstream steps"
+                    )
+                if any(self.feeds(s.name) for s in self.chain(step.name)):
+                    raise ValueError(f"{self.name}.{step.name}: a step beside another feeds no mapped step")
+        for step in self.steps:
             followers = [s.name for s in self.steps if s.fused and s.upstream[0] == step.name]
             if len(followers) > 1:
                 raise ValueError(f"{self.name}.{step.name}: a chain is a line, but {followers} are all fused after it")
@@ -117,7 +131,7 @@ class PipelineSpec:
     def feeds(self, name: str) -> list[Step]:
         """The mapped steps that expand over the shards handed out when ``name`` finishes: those
         whose last upstream is ``name`` (they all read the same upstream steps)."""
-        return [s for s in self.steps if s.mapped and not s.fused and s.upstream and s.upstream[-1] == name]
+        return [s for s in self.steps if s.mapped and not s.fused and not s.beside and s.upstream and s.upstream[-1] == name]
 
     def chain(self, name: str) -> list[Step]:
         """``name`` and the steps fused after it, in order: what one mapped task runs."""
@@ -128,11 +142,20 @@ class PipelineSpec:
                 return steps
             steps.append(fused[0])
 
+    def chains(self, name: str) -> list[list[Step]]:
+        """What the mapped task of step ``name`` runs: its chain, then the chains beside it."""
+        return [self.chain(name)] + [self.chain(s.name) for s in self.steps if s.beside == name]
+
+    def task_steps(self, name: str) -> list[Step]:
+        """Every step the mapped task of ``name`` runs (and its commit publishes), in order."""
+        return [step for chain in self.chains(name) for step in chain]
+
     def head(self, name: str) -> str:
-        """The step whose mapped task runs ``name``: the first step of its chain (itself unless fused)."""
+        """The step whose mapped task runs ``name``: the first step of its chain (itself unless
+        fused), or the step it runs beside."""
         step = self.step(name)
-        while step.fused:
-            step = self.step(step.upstream[0])
+        while step.fused or step.beside:
+            step = self.step(step.upstream[0] if step.fused else step.beside or "")
         return step.name
 
     def absorbed(self, step: Step) -> tuple[str, ...]:

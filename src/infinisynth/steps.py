@@ -130,54 +130,65 @@ def run_step_shard(ctx: RunContext, step_name: str, shard: dict[str, Any]) -> di
     ref = ShardRef(**shard)
     rows = ctx.partition(ref.stage).read_file(ref.file).to_pylist()
     results: dict[str, Any] = {}
-    chain = ctx.spec.chain(step_name)
     cache = response_cache(ctx)
+    own, *beside = ctx.spec.chains(step_name)  # its own chain, then any beside it, over the same rows
+    chains = [own, *(chain for chain in beside if any(enabled(ctx, step) for step in chain))]  # switched off: nothing written
     try:
-        if streams(ctx, chain, rows):
-            from infinisynth.stream import stream_chain
+        if streams(ctx, chains, rows):
+            from infinisynth.stream import stream_chains
 
-            return stream_chain(ctx, chain, ref.shard, rows, cache)
-        for position, step in enumerate(chain):
-            cls = stage_class(step)
-            if step.kind == "batch":
-                result = run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, ref.shard, rows, cls.from_context(ctx))
-            else:
-                todo = cls.prepare_rows(rows) if enabled(ctx, step) else []  # switched off: the shard maps to nothing
-                result = run_stage_shard(
-                    ctx.store,
-                    ctx.spec.name,
-                    step.name,
-                    ctx.ds,
-                    ref.shard,
-                    todo,
-                    ctx.role(role_of(step, cls)),
-                    model_stage(ctx, step),
-                    cache=cache,
-                    max_transient_share=ctx.settings.max_transient_share,
-                )
-            results[step.name] = result.to_dict()
-            if position + 1 < len(chain):  # the next fused step reads this shard's own, not yet committed, data file
-                rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
+            return stream_chains(ctx, chains, ref.shard, rows, cache)
+        for chain in chains:
+            results.update(run_chain(ctx, chain, ref.shard, rows, cache))
     finally:
         if cache is not None:
             cache.close()
     return results
 
 
-def streams(ctx: RunContext, chain: list[Step], rows: list[dict[str, Any]]) -> bool:
-    """Whether a mapped task streams its chain (:mod:`infinisynth.stream`): a chain of several
-    steps, with rows, the ``stream_chains`` setting on, and no role in batch mode (a provider
-    batch answers a whole shard at once: its chain runs staged)."""
-    if len(chain) < 2 or not rows or not getattr(ctx.settings, "stream_chains", True):
+def run_chain(ctx: RunContext, chain: list[Step], shard: int, rows: list[dict[str, Any]], cache: ResponseCache | None) -> dict[str, Any]:
+    """One chain over a shard's rows, staged: each step over the whole shard, then the next.
+    ``{step: ShardResult}``."""
+    results: dict[str, Any] = {}
+    for position, step in enumerate(chain):
+        cls = stage_class(step)
+        if step.kind == "batch":
+            result = run_batch_shard(ctx.store, ctx.spec.name, ctx.ds, shard, rows, cls.from_context(ctx))
+        else:
+            todo = cls.prepare_rows(rows) if enabled(ctx, step) else []  # switched off: the shard maps to nothing
+            result = run_stage_shard(
+                ctx.store,
+                ctx.spec.name,
+                step.name,
+                ctx.ds,
+                shard,
+                todo,
+                ctx.role(role_of(step, cls)),
+                model_stage(ctx, step),
+                cache=cache,
+                max_transient_share=ctx.settings.max_transient_share,
+            )
+        results[step.name] = result.to_dict()
+        if position + 1 < len(chain):  # the next fused step reads this shard's own, not yet committed, data file
+            rows = ctx.partition(step.name).read_file(result.output["name"]).to_pylist()
+    return results
+
+
+def streams(ctx: RunContext, chains: list[list[Step]], rows: list[dict[str, Any]]) -> bool:
+    """Whether a mapped task streams its chains (:mod:`infinisynth.stream`): a chain of several
+    steps or several chains side by side, with rows, the ``stream_chains`` setting on, and no role
+    in batch mode (a provider batch answers a whole shard at once: its chain runs staged)."""
+    steps = [step for chain in chains for step in chain]
+    if len(steps) < 2 or not rows or not getattr(ctx.settings, "stream_chains", True):
         return False
-    models = [step for step in chain if step.kind == "model"]
+    models = [step for step in steps if step.kind == "model"]
     return all(ctx.role(role_of(step, stage_class(step))).mode != "batch" for step in models)
 
 
 def commit_step(ctx: RunContext, step_name: str, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Publish every shard of a mapped step (and of the steps fused after it); hand out the shards
-    of the steps it feeds. A switched-off step writes no partition."""
-    chain = ctx.spec.chain(step_name)
+    """Publish every shard of a mapped step (and of the steps fused after it or beside it); hand out
+    the shards of the steps it feeds. A switched-off step writes no partition."""
+    chain = ctx.spec.task_steps(step_name)
     for step in chain:
         if not enabled(ctx, step):
             continue
@@ -191,7 +202,7 @@ def commit_step(ctx: RunContext, step_name: str, results: Sequence[dict[str, Any
         commit_stage(ctx.store, ctx.spec.name, step.name, ctx.ds, cls.schema, shard_results, meta={**ctx.commit_meta, **meta})
     if ctx.settings.response_cache and any(step.kind == "model" and enabled(ctx, step) for step in chain):
         prune_if_due(ctx.store, ctx.settings.response_cache_max_gb)  # at most once a day, whoever commits
-    return handout(ctx, chain[-1].name)
+    return handout(ctx, ctx.spec.chain(step_name)[-1].name)
 
 
 def handout(ctx: RunContext, step_name: str) -> list[dict[str, Any]]:

@@ -139,13 +139,43 @@ class StreamedStep:
 def stream_chain(ctx: RunContext, chain: list[Step], shard: int, rows: list[Row], cache: ResponseCache | None) -> dict[str, Any]:
     """Run ``chain`` over one shard's ``rows``, streamed; ``{step: ShardResult}`` as the staged
     :func:`infinisynth.steps.run_step_shard` returns it."""
-    streamed = asyncio.run(_stream(ctx, chain, shard, rows, cache))
-    return write_chain(ctx, shard, streamed)
+    return stream_chains(ctx, [chain], shard, rows, cache)
 
 
-async def _stream(ctx: RunContext, chain: list[Step], shard: int, rows: list[Row], cache: ResponseCache | None) -> list[StreamedStep]:
+def stream_chains(ctx: RunContext, chains: list[list[Step]], shard: int, rows: list[Row], cache: ResponseCache | None) -> dict[str, Any]:
+    """Run ``chains`` (a mapped task's chain and those beside it) side by side over one shard's
+    ``rows``, each streamed; ``{step: ShardResult}`` of every step."""
+    streamed = asyncio.run(_stream_all(ctx, chains, shard, rows, cache))
+    results: dict[str, Any] = {}
+    for chain_steps in streamed:
+        results.update(write_chain(ctx, shard, chain_steps))
+    return results
+
+
+async def _stream_all(
+    ctx: RunContext, chains: list[list[Step]], shard: int, rows: list[Row], cache: ResponseCache | None
+) -> list[list[StreamedStep]]:
     # Gates are built first: one that cannot run (no sandbox) fails the task before any model call.
-    gates = {step.name: stage_class(step).from_context(ctx) for step in chain if step.kind == "batch"}
+    gates = {
+        step.name: stage_class(step).from_context(ctx).for_micro_batches() for chain in chains for step in chain if step.kind == "batch"
+    }
+    runs = [_stream(ctx, chain, gates, shard, rows, cache) for chain in chains]
+    tasks = [task for run in runs for task in run]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # One step failed: stop the others, each saving the checkpoints of the rows it finished.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return [[task.result() for task in run] for run in runs]
+
+
+def _stream(
+    ctx: RunContext, chain: list[Step], gates: dict[str, BatchStage], shard: int, rows: list[Row], cache: ResponseCache | None
+) -> list[asyncio.Task[StreamedStep]]:
+    """One asyncio task per step of ``chain``, each reading the pipe its predecessor fills."""
     pipes = [RowPipe() for _ in chain]
     for row in rows:
         pipes[0].put(row)
@@ -159,14 +189,7 @@ async def _stream(ctx: RunContext, chain: list[Step], shard: int, rows: list[Row
         else:
             work = _model_step(ctx, step, shard, pipes[position], emit, cache)
         tasks.append(asyncio.create_task(_closing(work, None if last else pipes[position + 1])))
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        # One step failed: stop the others, each saving the checkpoints of the rows it finished.
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    return tasks
 
 
 async def _closing(work: Any, downstream: RowPipe | None) -> StreamedStep:

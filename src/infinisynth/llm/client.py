@@ -437,11 +437,15 @@ class LLMClient:
         return text.replace(secret, "***") if secret and len(secret) >= 4 else text
 
 
-class _LimitedHttpClient(openai.DefaultAsyncHttpxClient):
+class _LimitedHttpClient(openai.DefaultAioHttpClient):
     """The OpenAI client's HTTP client, with the role's limits around every attempt it sends.
 
     The OpenAI client retries 429s and 5xx itself: each retry passes here too, so it takes a slot
     and a request of the budget, and AIMD and the Retry-After hold-off see every answer.
+
+    On aiohttp (the OpenAI client's own aiohttp backend): httpx's pool checks every idle connection
+    with a system call before each request, which took about a third of the client's CPU at 64-80
+    connections (docs/BENCHMARKS.md, 1.51 -> 1.08 ms a request).
     """
 
     def __init__(self, limiter: RoleLimiter, **kwargs: Any):
@@ -450,7 +454,14 @@ class _LimitedHttpClient(openai.DefaultAsyncHttpxClient):
 
     async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
         async with self._limiter.attempt() as started:
-            response = await super().send(request, **kwargs)  # the body is read (no streaming)
+            try:
+                response = await super().send(request, **kwargs)  # the body is read (no streaming)
+            except httpx2.ConnectTimeout as exc:
+                # the aiohttp backend reports every lost connection as a connect timeout; a
+                # dropped or refused connection is a connection error (the rejection says which)
+                if exc.__cause__ is not None and not isinstance(exc.__cause__, TimeoutError):
+                    raise httpx2.ConnectError(str(exc), request=request) from exc.__cause__
+                raise
             await self._limiter.observe(started, response.status_code, response.headers)
             return response
 

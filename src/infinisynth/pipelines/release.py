@@ -31,7 +31,7 @@ from infinisynth.release import benchmarks as bench
 from infinisynth.release import card, export, sft_config
 from infinisynth.release import rows as rel
 from infinisynth.release.decontaminate import BenchmarkIndex, DecontamSettings, screen
-from infinisynth.release.dedup import ANN_BASE, INDEX_SCHEMA, Deduplicator, DedupSettings, Embedder, ReleasedIndex, index_table
+from infinisynth.release.dedup import INDEX_SCHEMA, SEGMENT_ROWS, Deduplicator, DedupSettings, Embedder, ReleasedIndex, index_table
 from infinisynth.release.variants import plan
 from infinisynth.settings import ConnectionLookup, env_connection, store_for
 from infinisynth.spec import PipelineSpec
@@ -61,7 +61,7 @@ SCREENED_SCHEMA = pa.schema(
         pa.field("ann_key", pa.uint64()),  # the row's key in the dedup step's saved HNSW index
     ]
 )
-ANN_AREA, INDEX_ANN_AREA = "_ann", "index_ann"  # saved HNSW indexes: the dedup step's, each release's
+ANN_AREA, INDEX_ANN_AREA = "_ann", "index_ann"  # the dedup step's saved HNSW segments; each release's key map (and old indexes)
 BATCH_ROWS = 4096  # rows a step holds at once
 T = TypeVar("T")
 REPAIRS = 2  # times an export redoes the steps a concurrent run of its version re-committed under it
@@ -392,31 +392,31 @@ def _local_copy(store: Store, path: str, scratch: str) -> str:
     return local
 
 
-def _save_ann(store: Store, index: Any, path: str, scratch: str) -> None:
-    if is_local(store.fs):
-        store.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        index.save(path)
-    else:
-        local = posixpath.join(scratch, posixpath.basename(path))
-        index.save(local)
-        store.fs.put(local, path)
+def ann_files(meta: dict[str, Any]) -> list[str]:
+    """The saved HNSW files a dedup step's or a release index's meta names (one path before segments)."""
+    ann = meta.get("ann")
+    return [ann] if isinstance(ann, str) else list(ann or [])
 
 
-def earlier_index(store: Store, version: str, settings: DedupSettings, scratch: str | None = None) -> tuple[ReleasedIndex, list[str]]:
-    """Every other release's index: exact and MinHash keys streamed in, the saved HNSW index
-    memory-mapped (rebuilt from the stored embeddings only for a release saved without one)."""
-    index = ReleasedIndex(settings)
+def earlier_index(store: Store, version: str, index: ReleasedIndex, scratch: str | None = None) -> list[str]:
+    """Every other release's index into ``index``: exact and MinHash keys streamed in, the saved
+    HNSW segments and key map memory-mapped (rebuilt from the stored embeddings only for a
+    release saved without them); the releases' versions."""
     versions = other_releases(store, version)
     for other in versions:
         partition = store.partition(PIPELINE, INDEX, other)
         manifest = partition.manifest()
-        ann = manifest.meta.get("ann")
-        path = None
-        if ann and scratch is not None and store.fs.exists(posixpath.join(store.root, ann)):
-            path = _local_copy(store, posixpath.join(store.root, ann), scratch)
-        columns = INDEX_SCHEMA.names if path is None else ["id", "exact", "minhash"]
-        index.load(partition.snapshot_batches(manifest, columns), other, ann_path=path)
-    return index, versions
+        files, key_map = ann_files(manifest.meta), manifest.meta.get("ann_keys")
+        needed = [*files, key_map] if key_map else files
+        paths: list[str] | None = None
+        if files and scratch is not None and all(store.fs.exists(posixpath.join(store.root, f)) for f in needed):
+            paths = [_local_copy(store, posixpath.join(store.root, f), scratch) for f in files]
+        keys = None
+        if paths is not None and key_map:  # the published rows' HNSW keys, sorted: a lookup maps a found key to its row
+            keys = np.load(_local_copy(store, posixpath.join(store.root, key_map), scratch or ""), mmap_mode="r")
+        columns = INDEX_SCHEMA.names if paths is None else ["id", "exact", "minhash"]
+        index.load(partition.snapshot_batches(manifest, columns), other, ann_path=paths, key_map=keys)
+    return versions
 
 
 def _without_screen_columns(row: dict[str, Any]) -> dict[str, Any]:
@@ -429,14 +429,24 @@ class Deduplicate(_StreamingStep):
     name = DEDUPLICATED
     schema = SCREENED_SCHEMA
     embed: Embedder | None = None  # tests and benchmarks may set another
+    segment_rows = SEGMENT_ROWS  # rows of the in-memory HNSW segment: tests set a tiny one
 
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
         settings: ReleaseSettings = ctx.settings
         candidates = ctx.partition(CANDIDATES)
         manifest = candidates.manifest()
-        dedup = DedupSettings(settings.near_duplicate_threshold, settings.semantic_duplicate_threshold, batch_size=BATCH_ROWS)
-        index, versions = earlier_index(ctx.store, ctx.ds, dedup, self.scratch()) if settings.dedup_against_releases else (None, [])
+        build = _new_build(manifest)
+        dedup = DedupSettings(
+            settings.near_duplicate_threshold, settings.semantic_duplicate_threshold, batch_size=BATCH_ROWS, segment_rows=self.segment_rows
+        )
+        store = ctx.store
+        # segments are saved where the release keeps them (scratch first on a remote store)
+        folder = posixpath.dirname(store.side_path(PIPELINE, ANN_AREA, ctx.ds, "_"))
+        if is_local(store.fs):
+            store.fs.makedirs(folder, exist_ok=True)
+        index = ReleasedIndex(dedup, segment_dir=folder if is_local(store.fs) else self.scratch(), segment_prefix=f"dedup-{build['id']}")
+        versions = earlier_index(store, ctx.ds, index, self.scratch()) if settings.dedup_against_releases else []
         deduplicator = Deduplicator(self.embed or embedder(), dedup, index)
         out, rejects = _Spill(self.scratch(), SCREENED_SCHEMA), _Rejects(self.scratch())
         for batch in freeing(candidates.snapshot_batches(manifest, batch_size=BATCH_ROWS)):
@@ -456,11 +466,12 @@ class Deduplicate(_StreamingStep):
             for name in ("exact", "minhash", "embedding"):
                 kept = kept.append_column(name, keys[name])
             out.write(kept.append_column("ann_key", pa.array(result.keys.astype(np.uint64), pa.uint64())))
-        build = _new_build(manifest)
-        ann = None
-        if len(deduplicator.index.ann):  # this release's HNSW index, for the export's index of released rows
-            ann = posixpath.relpath(ctx.store.side_path(PIPELINE, ANN_AREA, ctx.ds, f"dedup-{build['id']}.usearch"), ctx.store.root)
-            _save_ann(ctx.store, deduplicator.index.ann, posixpath.join(ctx.store.root, ann), self.scratch())
+        ann = []  # this release's HNSW segments: the export publishes them as they are
+        for path in index.seal():
+            stored = posixpath.join(folder, posixpath.basename(path))
+            if not is_local(store.fs):
+                store.fs.put(path, stored)
+            ann.append(posixpath.relpath(stored, store.root))
         counts = {m: deduplicator.counts[m] for m in ("exact", "near", "semantic")}
         log.info("release %s dedup: %d of %d kept; dropped %s; against releases %s", ctx.ds, out.rows, manifest.rows, counts, versions)
         meta = {
@@ -644,7 +655,7 @@ class Export(_StreamingStep):
         chain = consistent_chain(store, version)
         screened_partition, screened_manifest = ctx.partition(DECONTAMINATED), chain[DECONTAMINATED]
         gathered, dedup_meta, decontam_meta = chain[CANDIDATES].meta, chain[DEDUPLICATED].meta, screened_manifest.meta
-        columns = ["id", "origin", "quality_mean", "lint_passed", "in_dataset", "ann_key"]
+        columns = ["id", "origin", "quality_mean", "lint_passed", "in_dataset"]
         parts = list(screened_partition.snapshot_batches(screened_manifest, columns, 65_536))
         small_schema = pa.schema([SCREENED_SCHEMA.field(c) for c in columns])
         small = pa.Table.from_batches(parts, schema=small_schema) if parts else small_schema.empty_table()
@@ -714,7 +725,7 @@ class Export(_StreamingStep):
         except BaseException:
             folder.discard()
             raise
-        self._write_index(screened_partition, screened_manifest, small, released, dedup_meta.get("ann"), scratch)
+        self._write_index(screened_partition, screened_manifest, rows, dedup_meta, scratch)
         pushed = self._push(store, final, version) if settings.push_to_hub else None
         log.info("release %s: %d rows in %s; variants %s", version, rows, store.url(final), {v.name: int(v.mask.sum()) for v in made})
         meta = {
@@ -732,46 +743,53 @@ class Export(_StreamingStep):
         out.close()
         return StepOutput(SpilledTable([out], rel.EXPORT_SCHEMA).as_table(), rows, meta=meta)
 
-    def _write_index(
-        self, partition: Partition, manifest: Manifest, small: pa.Table, released: np.ndarray, dedup_ann: str | None, scratch: str
-    ) -> None:
-        """The released rows' keys for later releases' dedup, and their HNSW index: the dedup
-        step's, minus the rows not released, keys renamed to the index's row order."""
+    def _write_index(self, partition: Partition, manifest: Manifest, rows: int, dedup_meta: dict[str, Any], scratch: str) -> None:
+        """The released rows' index table for later releases' dedup, and beside it their HNSW keys
+        in row order (the key map, ~8 bytes a row on disk, written as the table streams): the dedup
+        step's saved segments are published as they are, never loaded. They also hold the rows
+        decontamination dropped; a later release finds no such key in the map (no match)."""
         ctx: RunContext = self.ctx
         store, version = ctx.store, ctx.ds
         index_partition = store.partition(PIPELINE, INDEX, version)
-        ann = None
-        if dedup_ann and released.any() and store.fs.exists(posixpath.join(store.root, dedup_ann)):
-            from usearch.index import Index
+        dedup_files = ann_files(dedup_meta)
+        segments = dedup_files if rows and all(store.fs.exists(posixpath.join(store.root, f)) for f in dedup_files) else []
+        key_map = None
+        keys: np.memmap | None = None
+        if segments:  # else (no rows, or segments another build's export removed) later releases rebuild from the embeddings
+            key_map = posixpath.relpath(store.side_path(PIPELINE, INDEX_ANN_AREA, version, f"keys-{uuid.uuid4().hex[:8]}.npy"), store.root)
+            local_keys = posixpath.join(store.root, key_map) if is_local(store.fs) else posixpath.join(scratch, posixpath.basename(key_map))
+            if is_local(store.fs):
+                store.fs.makedirs(posixpath.dirname(local_keys), exist_ok=True)
+            keys = np.lib.format.open_memmap(local_keys, mode="w+", dtype=np.uint64, shape=(rows,))  # file-backed, filled a batch at a time
+        written = 0
 
-            hnsw = Index.restore(_local_copy(store, posixpath.join(store.root, dedup_ann), scratch))
-            if hnsw is None:
-                raise ConcurrentRelease(f"release {version}: {dedup_ann} is not a usearch index")
-            keys = np.asarray(small["ann_key"].to_numpy(zero_copy_only=False), dtype=np.uint64)[released]
-            stale = np.setdiff1d(np.asarray(hnsw.keys, dtype=np.uint64), keys)
-            if len(stale):
-                hnsw.remove(stale)
-            hnsw.rename(keys, ANN_BASE + np.arange(len(keys), dtype=np.uint64))
-            ann = posixpath.relpath(store.side_path(PIPELINE, INDEX_ANN_AREA, version, f"index-{uuid.uuid4().hex[:8]}.usearch"), store.root)
-            _save_ann(store, hnsw, posixpath.join(store.root, ann), scratch)
-            del hnsw
-
-        def rows() -> Iterator[pa.RecordBatch]:
-            for batch in freeing(partition.snapshot_batches(manifest, [*INDEX_SCHEMA.names, "in_dataset"])):
+        def index_rows() -> Iterator[pa.RecordBatch]:
+            nonlocal written
+            for batch in freeing(partition.snapshot_batches(manifest, [*INDEX_SCHEMA.names, "in_dataset", "ann_key"])):
                 table = pa.Table.from_batches([batch]).filter(pc.field("in_dataset"))
+                if keys is not None:
+                    written = _append_keys(keys, written, table["ann_key"])
                 self._lease.keep_alive()
                 yield from table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA).to_batches()
 
-        if dedup_ann:  # the dedup steps' indexes of other (superseded) builds of this version
-            folder = posixpath.dirname(posixpath.join(store.root, dedup_ann))
-            for path in store.fs.ls(folder, detail=False) if store.fs.exists(folder) else []:
-                if posixpath.basename(path) != posixpath.basename(dedup_ann):
-                    store.fs.rm(path)
-        data = index_partition.write_file(0, rows(), INDEX_SCHEMA)
-        previous = index_partition.manifest().meta.get("ann") if index_partition.exists() else None
-        index_partition.commit([data], INDEX_SCHEMA, meta={"version": version, "ann": ann})
-        if previous and previous != ann and store.fs.exists(posixpath.join(store.root, previous)):
-            store.fs.rm(posixpath.join(store.root, previous))  # the index it replaced
+        data = index_partition.write_file(0, index_rows(), INDEX_SCHEMA)
+        if keys is not None and key_map is not None:
+            keys.flush()  # the file is whole before it is copied or committed
+            if not is_local(store.fs):
+                store.fs.put(local_keys, posixpath.join(store.root, key_map))
+        previous = index_partition.manifest().meta if index_partition.exists() else {}
+        index_partition.commit([data], INDEX_SCHEMA, meta={"version": version, "ann": segments, "ann_keys": key_map})
+        # then what the new index no longer names: the one it replaced, other (superseded) builds' segments
+        stale = [f for f in [*ann_files(previous), previous.get("ann_keys")] if f and f not in segments and f != key_map]
+        folder = posixpath.dirname(store.side_path(PIPELINE, ANN_AREA, version, "_"))
+        stale += [
+            posixpath.relpath(path, store.root)
+            for path in (store.fs.ls(folder, detail=False) if store.fs.exists(folder) else [])
+            if posixpath.relpath(path, store.root) not in dedup_files
+        ]
+        for path in {posixpath.join(store.root, f) for f in stale}:
+            if store.fs.exists(path):
+                store.fs.rm(path)
 
     def _push(self, store: Store, folder: str, version: str) -> dict[str, Any]:
         settings: ReleaseSettings = self.ctx.settings
@@ -784,6 +802,16 @@ class Export(_StreamingStep):
         return export.push_to_hub(
             store, folder, settings.hub_repo_id, token, version=version, private=settings.hub_private, api_factory=self.hub_api
         )
+
+
+def _append_keys(keys: np.ndarray, at: int, batch: pa.ChunkedArray) -> int:
+    """A batch of released rows' HNSW keys into the key map at ``at``; where the next batch goes.
+    Dedup gives keys in the order it writes rows, so the map is sorted (a lookup's precondition)."""
+    values = np.asarray(batch.to_numpy(zero_copy_only=False), dtype=np.uint64)
+    if len(values) and ((at and values[0] <= keys[at - 1]) or np.any(values[1:] <= values[:-1])):
+        raise ValueError("the released rows' HNSW keys are not increasing in row order: the key map would not be sorted")
+    keys[at : at + len(values)] = values
+    return at + len(values)
 
 
 def _counts(values: pa.ChunkedArray) -> dict[str, int]:

@@ -16,12 +16,25 @@ embedding of every released row) is loaded first, so a row released before is dr
 duplicate of that release's row. Embeddings come from a function the caller passes (MiniLM in a
 run, anything in tests and benchmarks), computed once per batch.
 
-Rows come in batches (:class:`Deduplicator`), and what is kept per row is small and mostly off
-the heap: exact keys and LSH band keys as 8-byte hashes in sorted numpy runs
-(:class:`HashRuns`, ~16 bytes an entry), MinHash signatures (uint32, 256 bytes) and ids in a
-scratch file read back only for candidates, an earlier release's HNSW index memory-mapped from
-its saved file (``usearch`` ``view``), so the heap grows by the current release's HNSW graph
-and a few dozen bytes a row, not by the rows.
+Rows come in batches (:class:`Deduplicator`), and what is kept per row is off the heap but for
+~10 bytes (ids' offsets and release numbers):
+
+- exact keys and LSH band keys: 8-byte hashes in sorted numpy runs (:class:`HashRuns`, ~16 bytes
+  an entry); a run that stopped growing is written to a scratch file and memory-mapped;
+- MinHash signatures (uint32, 256 bytes) and ids: a scratch file read back only for candidates;
+- the HNSW index in segments: the current one in memory until it holds ``segment_rows`` rows,
+  then saved and a new one started; every segment and every earlier release's saved segments are
+  searched (:meth:`ReleasedIndex.nearest`), each memory-mapped (``usearch`` ``view``) only while a
+  batch searches it: usearch builds ~65 bytes a row in memory for every open view.
+
+Memory-mapped pages are file-backed: the kernel drops them under pressure, so the anonymous
+memory (what the process itself holds) grows by those ~10 bytes a row only; the in-memory
+segment's graph (~533 bytes a row, ``segment_rows`` rows at most) is the largest thing on the heap.
+
+A release publishes its dedup step's HNSW segments as they are and, beside its index table, the
+HNSW keys of its released rows in index-row order (sorted: keys are given in row order): a later
+release maps a found key to the index row with a memory-mapped ``searchsorted``, and a key that
+is not there (a row decontamination dropped after dedup kept it) is no match.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -46,7 +60,9 @@ NUM_PERM = 64
 MINHASH_SEED, MINHASH_SCHEME = 1, "affine32"  # stored signatures are only comparable under the same ones
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 EMBEDDING_TYPE = pa.list_(pa.float16(), EMBEDDING_DIM)
-ANN_BASE = 1 << 40  # a saved release index's HNSW keys: ANN_BASE + the row's position in the index table
+ANN_BASE = 1 << 40  # releases published before key maps: HNSW keys renamed to ANN_BASE + the row of the index table
+SEGMENT_ROWS = 200_000  # rows of an in-memory HNSW segment (~107 MB with i8 vectors) before it is saved and mapped
+MAPPED_K = 4  # neighbours asked of a key-mapped view: the nearest may be a row that was not released
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
@@ -136,6 +152,7 @@ class DedupSettings:
     near_threshold: float = 0.7
     semantic_threshold: float = 0.92
     batch_size: int = 1024
+    segment_rows: int = SEGMENT_ROWS
 
 
 @dataclass(frozen=True)
@@ -168,18 +185,29 @@ def hash64(values: Sequence[str]) -> np.ndarray:
     )
 
 
+def _mapped(array: np.ndarray, directory: str | None) -> np.ndarray:
+    """``array`` written to an (unlinked) scratch file and memory-mapped read-only: its pages are
+    file-backed, so they leave the process's anonymous memory."""
+    with tempfile.TemporaryFile(prefix="infinisynth-runs-", dir=directory) as fh:
+        array.tofile(fh)
+        fh.flush()
+        return np.memmap(fh, dtype=array.dtype, mode="r", shape=array.shape)  # the mapping outlives the closed file
+
+
 class HashRuns:
-    """A multimap from 8-byte hashes to int64 keys in sorted numpy runs (an LSM tree without the
-    disk): ~16 bytes an entry, appends in bulk, lookups vectorized with ``searchsorted``.
+    """A multimap from 8-byte hashes to int64 keys in sorted numpy runs (an LSM tree): ~16 bytes
+    an entry, appends in bulk, lookups vectorized with ``searchsorted``.
 
     Runs merge geometrically up to ``max_run`` entries and no further: a merge briefly holds about
     three copies of what it merges, so an unbounded last merge would spike memory by ~3x the whole
     map; capped, the spike is ~3x ``max_run`` (96 MB) and a lookup probes one more run per
-    ``max_run`` entries."""
+    ``max_run`` entries. A run above half of ``max_run`` rarely merges again, so it moves to a
+    memory-mapped scratch file in ``spill_dir`` (a later merge reads it back, and maps the result)."""
 
-    def __init__(self, max_run: int = 1 << 21) -> None:
+    def __init__(self, max_run: int = 1 << 21, spill_dir: str | None = None) -> None:
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
         self.max_run = max_run
+        self.spill_dir = spill_dir
 
     def __len__(self) -> int:
         return sum(len(h) for h, _ in self.runs)
@@ -198,6 +226,12 @@ class HashRuns:
             h, k = np.concatenate([h1, h2]), np.concatenate([k1, k2])
             order = np.lexsort((k, h))
             self.runs[-2:] = [(h[order], k[order])]
+        self.runs = [self._spilled(h, k) for h, k in self.runs]
+
+    def _spilled(self, hashes: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(hashes, np.memmap) or 2 * len(hashes) <= self.max_run:
+            return hashes, keys
+        return _mapped(hashes, self.spill_dir), _mapped(keys, self.spill_dir)
 
     def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (query position, key) whose hash matches, in no particular order."""
@@ -236,30 +270,109 @@ class _Scratch:
         return os.pread(self.file.fileno(), length, offset)
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A searched HNSW index and how its keys become this index's: ``offset`` + the found key, or
+    with ``key_map`` (the sorted keys of the rows a release published) ``offset`` + the key's
+    position in the map, no match when it is not there. ``index``: the in-memory segment; a saved
+    one (``path``) is memory-mapped only while a batch searches it (:meth:`opened`)."""
+
+    index: Any
+    offset: int
+    key_map: np.ndarray | None = None
+    path: str | None = None
+    size: int = 0  # rows of a saved segment
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else self.size
+
+    @contextmanager
+    def opened(self, expansion_search: int) -> Iterator[Any]:
+        """The index to search. A saved one is mapped for the search and let go after: usearch
+        builds its node offsets and key lookup in memory for every view (~65 bytes a row), so
+        views kept open grew the heap with the rows; mapping a 200,000-row segment takes ~13 ms,
+        next to ~4.6 s to search a batch of 4,096 in it."""
+        if self.index is not None:
+            yield self.index
+            return
+        index = _open_view(self.path or "")
+        index.expansion_search = expansion_search
+        try:
+            yield index
+        finally:
+            del index
+
+
+def _open_view(path: str) -> Any:
+    from usearch.index import Index
+
+    index = Index.restore(path, view=True)
+    if index is None:
+        raise ValueError(f"{path}: not a usearch index")
+    return index
+
+
+def _hnsw(dim: int) -> Any:
+    from usearch.index import Index
+
+    # 8-bit vectors: 4x smaller and ~7x faster to build than f16 on CPUs without f16 arithmetic
+    # (cosine error ~0.01); expansion_add 64 halves the build time of the default 128;
+    # expansion_search 256: on 200,000 random vectors it finds 100% of near copies (64: 96%)
+    return Index(ndim=dim, metric="cos", dtype="i8", expansion_add=64, expansion_search=256)
+
+
+def _as_rows(matches: Any, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """usearch matches as (n, k) keys, cosines and found flags (one query gives ``Matches`` with
+    only the found neighbours, several give ``BatchMatches`` with ``counts``)."""
+    keys, sims, found = np.zeros((n, k), np.uint64), np.full((n, k), -np.inf, np.float32), np.zeros((n, k), bool)
+    counts = getattr(matches, "counts", None)
+    got = np.asarray(counts).reshape(n) if counts is not None else np.array([len(matches)])
+    width = min(k, np.asarray(matches.keys).reshape(n, -1).shape[1])
+    keys[:, :width] = np.asarray(matches.keys).reshape(n, -1)[:, :width]
+    sims[:, :width] = 1.0 - np.asarray(matches.distances, dtype=np.float32).reshape(n, -1)[:, :width]
+    found[:, :width] = np.arange(width) < got[:, None]
+    return keys, sims, found
+
+
+def _mapped_keys(segment: Segment, keys: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Found HNSW keys as this index's keys, and which of them are rows (a key missing from a
+    release's key map is a row it did not publish: no match)."""
+    if segment.key_map is None:
+        return keys.astype(np.int64) + segment.offset, found
+    key_map = segment.key_map
+    if not len(key_map):
+        return np.zeros_like(keys, np.int64), np.zeros_like(found)
+    at = np.searchsorted(key_map, keys)
+    published = found & (at < len(key_map)) & (key_map[np.minimum(at, len(key_map) - 1)] == keys)
+    return at.astype(np.int64) + segment.offset, published
+
+
 class ReleasedIndex:
     """Everything kept so far (earlier releases first): exact keys, MinHash LSH, usearch HNSW.
 
     Keys are ordinals in the order rows were registered. Earlier releases whose HNSW index was
-    saved are searched memory-mapped (:meth:`view`); the rest go into the in-memory index.
+    saved are searched memory-mapped (:meth:`view`); the rest go into the in-memory segment,
+    which is saved to ``segment_dir`` and memory-mapped whenever it holds ``segment_rows`` rows
+    (:meth:`seal`; :attr:`segments` lists the saved files, keys as registered).
     """
 
-    def __init__(self, settings: DedupSettings, dim: int = EMBEDDING_DIM):
-        from usearch.index import Index
-
+    def __init__(self, settings: DedupSettings, dim: int = EMBEDDING_DIM, segment_dir: str | None = None, segment_prefix: str = "segment"):
         self.settings = settings
         self.dim = dim
-        self.exact = HashRuns()
+        if segment_dir is None:
+            self._own_dir = tempfile.TemporaryDirectory(prefix="infinisynth-hnsw-")  # lives as long as the index
+            segment_dir = self._own_dir.name
+        self.segment_dir, self.segment_prefix = segment_dir, segment_prefix
+        self.segments: list[str] = []  # this index's saved segments, in order
+        self.exact = HashRuns()  # spilled runs: unlinked temporary files, like the signatures'
         self.bands = HashRuns()
         # bands weighted for recall (datasketch's default weights miss 43% of pairs at Jaccard 0.75):
         # at threshold 0.7 this is 12 bands of 5 rows, finding 89% of pairs at 0.7, 96% at 0.75, 99% at 0.8;
         # every candidate is checked on its signature, so the extra candidates cost time, not precision
         self.num_bands, self.band_rows = _optimal_param(settings.near_threshold, NUM_PERM, 0.1, 0.9)
         self._band_mix = np.random.default_rng(12345).integers(1, 2**63, size=(self.num_bands, self.band_rows), dtype=np.uint64) | 1
-        # 8-bit vectors: 4x smaller and ~7x faster to build than f16 on CPUs without f16 arithmetic
-        # (cosine error ~0.01); expansion_add 64 halves the build time of the default 128;
-        # expansion_search 256: on 200,000 random vectors it finds 100% of near copies (64: 96%)
-        self.ann = Index(ndim=dim, metric="cos", dtype="i8", expansion_add=64, expansion_search=256)
-        self.views: list[tuple[Any, int]] = []  # (a memory-mapped earlier index, what to add to its keys)
+        self.ann = _hnsw(dim)  # the in-memory segment
+        self.views: list[Segment] = []  # memory-mapped: earlier releases' segments and this index's saved ones
         self.signatures = _Scratch(NUM_PERM * 4)
         self.names = _Scratch(1)
         self.name_at = np.zeros(0, np.int64)  # per key: (offset << 16) | length of its id in ``names``
@@ -313,18 +426,33 @@ class ReleasedIndex:
         return keys
 
     def add_vectors(self, keys: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
-        if len(keys):
-            self.ann.add(np.asarray(keys, dtype=np.uint64), np.asarray(vectors, dtype=np.float32))
+        """Into the in-memory segment, sealing it whenever it holds ``segment_rows`` rows."""
+        keys, vectors = np.asarray(keys, dtype=np.uint64), np.asarray(vectors, dtype=np.float32)
+        while len(keys):
+            room = max(1, self.settings.segment_rows - len(self.ann))
+            self.ann.add(keys[:room], vectors[:room])
+            keys, vectors = keys[room:], vectors[room:]
+            if len(self.ann) >= self.settings.segment_rows:
+                self.seal()
 
-    def view(self, path: str, first_key: int) -> None:
-        """An earlier release's saved HNSW index, memory-mapped: its key ``ANN_BASE + k`` is this index's ``first_key + k``."""
-        from usearch.index import Index
+    def seal(self) -> list[str]:
+        """Save the in-memory segment (if it holds rows) to ``segment_dir``, search it memory-mapped
+        from now on and start an empty one; every saved segment's path."""
+        if len(self.ann):
+            path = os.path.join(self.segment_dir, f"{self.segment_prefix}-{len(self.segments):04d}.usearch")
+            self.ann.save(path)
+            self.ann = _hnsw(self.dim)
+            self.segments.append(path)
+            self.view(path, 0, key_map=None, renamed=False)
+        return list(self.segments)
 
-        index = Index.restore(path, view=True)
-        if index is None:
-            raise ValueError(f"{path}: not a usearch index")
-        index.expansion_search = self.ann.expansion_search  # type: ignore[misc]  # a setter at runtime; a view loads 64
-        self.views.append((index, first_key - ANN_BASE))
+    def view(self, path: str, first_key: int, key_map: np.ndarray | None = None, renamed: bool = True) -> None:
+        """A saved HNSW index, memory-mapped. An earlier release's: with ``key_map`` (its published
+        keys, sorted), a found key is this index's ``first_key`` + its position in the map; without,
+        the old layout (``renamed``: keys ``ANN_BASE + row``) gives ``first_key + row``."""
+        size = len(_open_view(path))  # checked now; mapped again by each search (Segment.opened)
+        offset = first_key - (ANN_BASE if renamed and key_map is None else 0)
+        self.views.append(Segment(None, offset, key_map, path=path, size=size))
 
     def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(key, cosine) of each vector's nearest indexed row; key -1 when the index is empty."""
@@ -334,23 +462,37 @@ class ReleasedIndex:
         if not n:
             return best_keys, np.zeros(0, np.float32)
         queries = np.asarray(vectors, dtype=np.float32)
-        for index, first_key in [(self.ann, 0), *self.views]:
-            if len(index) == 0:
+        for segment in [Segment(self.ann, 0), *self.views]:
+            if len(segment) == 0:
                 continue
-            matches = index.search(queries, 1)
-            keys = np.asarray(matches.keys, dtype=np.int64).reshape(n, -1)[:, 0]
-            sims = 1.0 - np.asarray(matches.distances, dtype=np.float32).reshape(n, -1)[:, 0]
-            counts = getattr(matches, "counts", None)  # one query gives Matches, several BatchMatches
-            found = (np.asarray(counts).reshape(n) if counts is not None else np.array([len(matches)])) > 0
-            better = found & (sims > best)
-            best_keys[better], best[better] = keys[better] + first_key, sims[better]
+            # a release's segments hold the rows decontamination dropped after dedup too: asking
+            # for a few neighbours finds the nearest *published* one behind such a row at no real
+            # cost (the search's depth, 256, not k, sets its work); a view of published rows only: 1
+            partial = segment.key_map is not None and len(segment.key_map) < len(segment)
+            k = min(MAPPED_K, len(segment)) if partial else 1
+            with segment.opened(self.ann.expansion_search) as index:
+                found_keys, sims, found = _as_rows(index.search(queries, k), n, k)
+            keys, found = _mapped_keys(segment, found_keys, found)
+            sims = np.where(found, sims, -np.inf)
+            column = np.argmax(sims, axis=1)  # the nearest published neighbour (first of a tie)
+            rows = np.arange(n)
+            better = found[rows, column] & (sims[rows, column] > best)
+            best_keys[better], best[better] = keys[rows, column][better], sims[rows, column][better]
         return best_keys, np.where(best_keys >= 0, best, 0.0).astype(np.float32)
 
     # -- earlier releases ------------------------------------------------------------------------
 
-    def load(self, table: pa.Table | Iterator[pa.RecordBatch], release: str, ann_path: str | None = None) -> None:
+    def load(
+        self,
+        table: pa.Table | Iterator[pa.RecordBatch],
+        release: str,
+        ann_path: str | Sequence[str] | None = None,
+        key_map: np.ndarray | None = None,
+    ) -> None:
         """An earlier release's index (:data:`INDEX_SCHEMA` rows, a table or batches); with
-        ``ann_path``, its saved HNSW index (keys = row order) is memory-mapped instead of rebuilt."""
+        ``ann_path``, its saved HNSW segments are memory-mapped instead of rebuilt: with
+        ``key_map`` (the published rows' HNSW keys in row order, e.g. ``np.load(mmap_mode="r")``),
+        else one file whose keys were renamed to ``ANN_BASE`` + row (releases before key maps)."""
         first = self.count
         batches = table.to_batches() if isinstance(table, pa.Table) else table
         for batch in batches:
@@ -363,7 +505,8 @@ class ReleasedIndex:
                 embeddings = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
                 self.add_vectors(keys, np.asarray(embeddings, dtype=np.float32).reshape(len(keys), -1))
         if ann_path is not None and self.count > first:
-            self.view(ann_path, first)
+            for path in [ann_path] if isinstance(ann_path, str) else ann_path:
+                self.view(path, first, key_map)
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:

@@ -89,7 +89,7 @@ SPEC = PipelineSpec(
             "seed_quality",
             "infinisynth.pipelines.code_instruct:SeedProblemQuality",
             upstream=("seeds",),
-            task="assess_seed_problems",
+            beside="reverse",  # in reverse construction's tasks: no task instances of its own when it is off
             in_funnel=False,
             settings={"samples": "quality_samples", "threshold": "quality_threshold"},
             # Mined snippets carry no problems: nothing to score, so the step is off for them.

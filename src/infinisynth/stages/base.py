@@ -97,6 +97,11 @@ class BatchStage:
     async def process_batch(self, rows: Sequence[Row]) -> list[Outcome]:
         raise NotImplementedError
 
+    def for_micro_batches(self) -> BatchStage:
+        """This step as a streamed chain runs it (:mod:`infinisynth.stream`): on small batches
+        while the chain's model calls share the CPU. Default: itself."""
+        return self
+
     def shard_stats(self, rows: Sequence[Row], outcomes: Sequence[Outcome]) -> dict[str, Any]:
         return {}
 

@@ -38,6 +38,7 @@ class StaticVerification(BatchStage):
     def __init__(self, gate: Gate, *, enabled: bool = True):
         self.gate = gate
         self.enabled = enabled
+        self._fingerprint: str | None = None
 
     @classmethod
     def from_context(cls, ctx: Any) -> StaticVerification:
@@ -46,7 +47,18 @@ class StaticVerification(BatchStage):
         return cls(gate if settings.lint_gate else LocalGate(), enabled=settings.lint_gate)
 
     def fingerprint(self) -> str:
-        return self.gate.fingerprint() if self.enabled else NOT_CHECKED
+        # once per stage: it hashes the linters' configuration files, and every row's provenance names it
+        if self._fingerprint is None:
+            self._fingerprint = self.gate.fingerprint() if self.enabled else NOT_CHECKED
+        return self._fingerprint
+
+    def for_micro_batches(self) -> StaticVerification:
+        """One linter process per micro-batch: splitting 200 rows over every core doubled the
+        linters' start-ups (1.3 s of CPU a batch, against 0.8 s) while the client needs a core.
+        Verdicts do not depend on how samples are batched."""
+        if isinstance(self.gate, LocalGate):
+            return type(self)(self.gate.with_workers(1), enabled=self.enabled)
+        return self
 
     async def process_batch(self, rows: Sequence[Row]) -> list[Outcome]:
         """Outcomes for ``rows`` in order, from one gate call."""

@@ -83,6 +83,10 @@ class LocalGate:
         # and a gate outlives loops (asyncio.run per shard, tests, the service's one loop).
         self._slots_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
+    def with_workers(self, workers: int) -> LocalGate:
+        """The same gate with at most ``workers`` linter processes at once."""
+        return LocalGate(replace(self.settings, workers=workers), self.linters)
+
     @property
     def _slots(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
