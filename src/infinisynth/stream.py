@@ -136,12 +136,6 @@ class StreamedStep:
     gate: BatchStage | None = None  # a batch step: its shard stats go into the result
 
 
-def stream_chain(ctx: RunContext, chain: list[Step], shard: int, rows: list[Row], cache: ResponseCache | None) -> dict[str, Any]:
-    """Run ``chain`` over one shard's ``rows``, streamed; ``{step: ShardResult}`` as the staged
-    :func:`infinisynth.steps.run_step_shard` returns it."""
-    return stream_chains(ctx, [chain], shard, rows, cache)
-
-
 def stream_chains(ctx: RunContext, chains: list[list[Step]], shard: int, rows: list[Row], cache: ResponseCache | None) -> dict[str, Any]:
     """Run ``chains`` (a mapped task's chain and those beside it) side by side over one shard's
     ``rows``, each streamed; ``{step: ShardResult}`` of every step."""
