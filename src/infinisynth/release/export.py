@@ -9,9 +9,11 @@
   report.json                            counts, and every dropped row with its method and counterpart
 ```
 
-Files are written to a staging folder first and swapped in (the old folder renamed away, the new
-one renamed in, on local disk two renames), so a reader never sees half a release; a re-run of a
-version replaces it. Callers serialize writers of one version (the export holds the release
+Files are written to a staging folder first and swapped in: on local disk the old folder is renamed
+away and the new one renamed in (two renames), so a reader never sees half a release; on an object
+store, which cannot rename, the staged objects are copied in and the replaced build's leftovers
+deleted after (a reader during that window may see files of both builds). A re-run of a version
+replaces it. Callers serialize writers of one version (the export holds the release
 partition's lease). Shards are streamed in, one row group at a time. A split without rows is one
 Parquet file with the schema and no row group: ``pyarrow.dataset``, DuckDB and ``datasets``
 streaming read it as zero rows with the right columns (``datasets`` 5.2 refuses any zero-row
@@ -29,9 +31,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infinisynth.storage import ROW_GROUP_ROWS, Store
+from infinisynth.storage import ROW_GROUP_ROWS, Store, is_local
 
 RELEASES = "releases"
+COPY_CHUNK = 200  # objects copied concurrently per request batch on an object store
 
 
 def release_path(store: Store, version: str) -> str:
@@ -113,12 +116,30 @@ class FolderWriter:
 
     def publish(self) -> str:
         fs, final = self.store.fs, release_path(self.store, self.version)
+        if not is_local(fs):
+            return self._publish_by_copy(final)
         old = posixpath.join(self.store.root, RELEASES, f"_retired-{self.version}-{uuid.uuid4().hex[:8]}")
         if fs.exists(final):
             fs.mv(final, old, recursive=True)  # renamed away whole, never emptied in place
         fs.mv(self.staging, final, recursive=True)
         if fs.exists(old):
             fs.rm(old, recursive=True)
+        return final
+
+    def _publish_by_copy(self, final: str) -> str:
+        """An object store has no rename: copy the staged files in (server side), the card last since
+        it names the configs, then delete whatever the replaced build had that this one has not.
+        A reader during the swap may see both builds' files; never a missing or half-written one."""
+        fs = self.store.fs
+        staged = sorted(fs.find(self.staging), key=lambda path: (posixpath.basename(path) == "README.md", path))
+        targets = [posixpath.join(final, posixpath.relpath(path, self.staging)) for path in staged]
+        for start in range(0, len(staged), COPY_CHUNK):
+            fs.copy(staged[start : start + COPY_CHUNK], targets[start : start + COPY_CHUNK])
+        fs.invalidate_cache(final)
+        stale = sorted(set(fs.find(final)) - set(targets))
+        if stale:
+            fs.rm(stale)
+        fs.rm(self.staging, recursive=True)
         return final
 
     def discard(self) -> None:
