@@ -492,7 +492,8 @@ def test_push_to_hub_builds_one_commit_of_the_folder_with_the_connections_token(
     operations = calls["operations"]
     assert {"README.md", "sft_config.yaml", "report.json", "data/train-00000-of-00001.parquet"} <= set(operations)
     assert "variants/quality_7/train-00000-of-00001.parquet" in operations
-    assert b"dataset_name: org/release" in operations["sft_config.yaml"].path_or_fileobj  # trains from the Hub copy
+    with operations["sft_config.yaml"].as_file() as config:  # what the upload would send
+        assert b"dataset_name: org/release" in config.read()  # trains from the Hub copy
     hub = ctx.partition("release").manifest().meta["hub"]
     assert hub["repo_id"] == "org/release" and hub["commit"] == "abc"
     with pytest.raises(ValueError, match="push_to_hub needs hub_repo_id"):

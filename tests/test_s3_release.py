@@ -82,3 +82,39 @@ def test_a_release_on_s3_is_a_folder_readers_open_and_a_rerun_replaces_it_whole(
     second = _build(store, DAY2, benchmark_files=files)
     drops = {row["id"]: row for row in json.loads(store.fs.cat_file(f"{second}/report.json"))["dropped_rows"]}
     assert drops["merge-again"]["counterpart"] == "merge" and drops["merge-again"]["release"] == DAY1
+
+
+def test_a_release_on_s3_pushes_to_the_hub_streamed_from_the_bucket(s3: S3Endpoint):
+    from infinisynth.release import export
+
+    store = Store(f"s3://{s3.bucket}/push-test", _options(s3))
+    folder = export.write_release(
+        store, DAY1, {"data/train-00000-of-00001.parquet": _table(3)}, {"README.md": "---\nlicense: apache-2.0\n---\n"}
+    )
+    sent: dict[str, bytes] = {}
+
+    class FakeApi:  # HfApi's calls, recorded: no network
+        def __init__(self, token: str):
+            assert token == "hf_secret"
+
+        def create_repo(self, repo_id: str, **kwargs: Any) -> None:
+            pass
+
+        def create_commit(self, repo_id: str, operations: list[Any], **kwargs: Any) -> Any:
+            for op in operations:
+                with op.as_file() as source:  # what the upload reads
+                    sent[op.path_in_repo] = source.read()
+            return type("Commit", (), {"oid": "abc"})()
+
+        def create_tag(self, repo_id: str, **kwargs: Any) -> None:
+            pass
+
+    pushed = export.push_to_hub(store, folder, "org/release", "hf_secret", version=DAY1, api_factory=FakeApi)
+    assert pushed["files"] == ["README.md", "data/train-00000-of-00001.parquet"]
+    assert sent == {name: store.fs.cat_file(f"{folder}/{name}") for name in pushed["files"]}  # byte for byte from the bucket
+
+
+def _table(rows: int) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"id": [f"r{n}" for n in range(rows)]})

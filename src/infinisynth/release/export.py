@@ -22,10 +22,12 @@ split when not streaming).
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from typing import Any
 
 import pyarrow as pa
@@ -161,14 +163,17 @@ def write_release(store: Store, version: str, tables: Mapping[str, pa.Table], te
     return writer.publish()
 
 
-def upload_operations(store: Store, folder: str) -> list[Any]:
-    """The Hub commit's file additions: every file of the release folder, by its relative path."""
+def upload_operations(store: Store, folder: str, files: ExitStack) -> list[Any]:
+    """The Hub commit's file additions: every file of the release folder, by its relative path,
+    read from disk or the object store as huggingface_hub uploads it (a release of millions of rows
+    is gigabytes: never held in memory). Remote files stay open until ``files`` closes."""
     from huggingface_hub import CommitOperationAdd
 
     operations = []
     for path in sorted(store.fs.find(folder)):
-        relative = posixpath.relpath(path, folder)
-        operations.append(CommitOperationAdd(path_in_repo=relative, path_or_fileobj=store.fs.cat_file(path)))
+        # huggingface_hub takes a path or an io.BufferedIOBase, which fsspec's files are not
+        source = path if is_local(store.fs) else files.enter_context(io.BufferedReader(store.fs.open(path, "rb")))
+        operations.append(CommitOperationAdd(path_in_repo=posixpath.relpath(path, folder), path_or_fileobj=source))
     return operations
 
 
@@ -186,9 +191,10 @@ def push_to_hub(
     from huggingface_hub import HfApi
 
     api = (api_factory or HfApi)(token=token)
-    operations = upload_operations(store, folder)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    commit = api.create_commit(repo_id, operations, commit_message=f"infinisynth release {version}", repo_type="dataset")
+    with ExitStack() as files:
+        operations = upload_operations(store, folder, files)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, commit_message=f"infinisynth release {version}", repo_type="dataset")
     api.create_tag(repo_id, tag=version, repo_type="dataset", exist_ok=True)
     return {"repo_id": repo_id, "files": [op.path_in_repo for op in operations], "commit": str(getattr(commit, "oid", commit))}
 
