@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,8 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from infinisynth import knowledge_graph
 from infinisynth.knowledge_graph import (
     KEYWORD_SCHEMA_FIELDS,
+    KeywordGraph,
     build_graph,
     graph_summary,
     latest_graph_before,
@@ -43,7 +47,7 @@ def rel(head: str, relation: str, tail: str) -> dict:
     return {"head": head, "relation": relation, "tail": tail}
 
 
-def typed_graph(nodes: dict[str, int], edges: list[tuple[str, str, float]]) -> nx.Graph:
+def typed_graph(nodes: dict[str, int], edges: list[tuple[str, str, float]]) -> KeywordGraph:
     """A graph by hand: ``{"task:x": used}`` and weighted edges, count 1 everywhere."""
     graph = nx.Graph()
     for name, used in nodes.items():
@@ -51,7 +55,7 @@ def typed_graph(nodes: dict[str, int], edges: list[tuple[str, str, float]]) -> n
         graph.add_node(name, kind=kind, text=text, count=1, used=used, first_seen="2025-01-01")
     for a, b, w in edges:
         graph.add_edge(a, b, weight=w, problems=1, relations=[])
-    return graph
+    return KeywordGraph.from_networkx(graph)
 
 
 def random_rows(problems: int, vocab: tuple[int, int, int], seed: int) -> list[dict]:
@@ -61,8 +65,14 @@ def random_rows(problems: int, vocab: tuple[int, int, int], seed: int) -> list[d
     return [row(f"p{p}", pick("task", vocab[0], 2), pick("instr", vocab[1], 3), pick("know", vocab[2], 3)) for p in range(problems)]
 
 
-def edge_dict(graph: nx.Graph) -> dict:
+def edge_dict(graph: nx.Graph | KeywordGraph) -> dict:
+    if isinstance(graph, KeywordGraph):
+        graph = graph.to_networkx()
     return {tuple(sorted((a, b))): d for a, b, d in graph.edges(data=True)}
+
+
+def used(graph: KeywordGraph, name: str) -> int:
+    return int(graph.used[graph.index(name)])
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -90,7 +100,8 @@ def test_small_graph_has_exact_nodes_counts_and_weights():
         row("p1", ["Parse JSON "], ["validate input"], ["json module", "dict"]),
         row("p2", ["parse json."], ["Validate  Input"], ["JSON module"]),
     ]
-    graph, stats = build_graph(rows, ds="2025-01-01")
+    built, stats = build_graph(rows, ds="2025-01-01")
+    graph = built.to_networkx()
 
     assert {n: (d["kind"], d["text"], d["count"], d["used"], d["first_seen"]) for n, d in graph.nodes(data=True)} == {
         "task:parse json": ("task", "parse json", 2, 0, "2025-01-01"),
@@ -135,7 +146,8 @@ def test_relations_add_weighted_labelled_edges_and_count_unmatched_endpoints():
             relations=[rel("parse json", label, "json module") for label in ("requires", "calls", "imports")],
         ),
     ]
-    graph, stats = build_graph(rows, ds="2025-01-01", relation_weight=2.5)
+    built, stats = build_graph(rows, ds="2025-01-01", relation_weight=2.5)
+    graph = built.to_networkx()
 
     assert (stats.relations, stats.relations_unmatched, stats.relations_invalid) == (5, 1, 2)
     stated = graph.edges["task:parse json", "knowledge:json module"]
@@ -147,7 +159,7 @@ def test_relations_add_weighted_labelled_edges_and_count_unmatched_endpoints():
     )
     cross = graph.edges["instruction:validate input", "knowledge:schema"]
     assert (cross["weight"], cross["relations"], cross["problems"]) == (2.5, ["checked with"], 1)
-    assert graph_summary(graph)["relation_edges"] == 2
+    assert graph_summary(built)["relation_edges"] == 2
 
 
 def test_keyword_table_with_the_exported_schema_builds_the_same_graph():
@@ -158,7 +170,7 @@ def test_keyword_table_with_the_exported_schema_builds_the_same_graph():
     table = pa.Table.from_pylist(rows, schema=pa.schema(KEYWORD_SCHEMA_FIELDS))
     from_table, _ = build_graph(table, ds="2025-01-01")
     from_dicts, _ = build_graph(rows, ds="2025-01-01")
-    assert dict(from_table.nodes(data=True)) == dict(from_dicts.nodes(data=True))
+    assert dict(from_table.to_networkx().nodes(data=True)) == dict(from_dicts.to_networkx().nodes(data=True))
     assert edge_dict(from_table) == edge_dict(from_dicts)
 
 
@@ -177,7 +189,8 @@ def test_missing_column_raises_and_malformed_rows_are_skipped_and_counted():
         row("good", ["other task"]),  # duplicate id
         row("nothing", ["  "]),
     ]
-    graph, stats = build_graph(rows, ds="2025-01-01")
+    built, stats = build_graph(rows, ds="2025-01-01")
+    graph = built.to_networkx()
     assert (stats.rows, stats.problems, stats.rows_skipped, stats.rows_duplicate, stats.rows_empty) == (6, 2, 2, 1, 1)
     assert stats.keywords_dropped == 4
     assert graph.nodes["task:sort"]["count"] == 2
@@ -189,13 +202,14 @@ def test_merging_into_previous_adds_counts_and_keeps_used_and_first_seen():
         [row("p1", ["sort"], ["stable"], ["merge sort"], relations=[rel("sort", "via", "merge sort")])],
         ds="2025-01-01",
     )
-    night1.nodes["task:sort"]["used"] = 5
+    night1.used[night1.index("task:sort")] = 5
     night2, stats = build_graph(
         [row("p2", ["sort"], ["stable"], ["timsort"], relations=[rel("sort", "by", "merge sort")])],
         ds="2025-01-02",
         previous=night1,
     )
 
+    night1, night2 = night1.to_networkx(), night2.to_networkx()
     sort = night2.nodes["task:sort"]
     assert (sort["count"], sort["used"], sort["first_seen"]) == (2, 5, "2025-01-01")
     assert night2.nodes["knowledge:timsort"]["first_seen"] == "2025-01-02"
@@ -221,10 +235,11 @@ def test_save_load_round_trip_and_graph_json_loads_in_networkx(tmp_path: Path):
         ],
         ds="2025-01-02",
     )
-    graph.nodes["task:sort"]["used"] = 3
+    graph.used[graph.index("task:sort")] = 3
 
     result = save_graph(store, PIPELINE, "2025-01-02", graph)
-    loaded = load_graph(store, PIPELINE, "2025-01-02")
+    loaded = load_graph(store, PIPELINE, "2025-01-02").to_networkx()
+    graph = graph.to_networkx()
 
     assert (result["nodes"], result["edges"]) == (6, 6)
     assert dict(loaded.nodes(data=True)) == dict(graph.nodes(data=True))
@@ -260,9 +275,9 @@ def test_latest_graph_before_picks_newest_earlier_committed_graph(tmp_path: Path
     graph, _ = build_graph([row("p", ["uncommitted"], ["x"])], ds="2025-01-04")
     store.partition(PIPELINE, "kg_nodes", "2025-01-04").write_table(0, pa.table({"node": ["task:uncommitted"]}))
 
-    assert latest_graph_before(store, PIPELINE, "2025-01-05").graph["ds"] == "2025-01-03"
-    assert latest_graph_before(store, PIPELINE, "2025-01-04").graph["ds"] == "2025-01-03"
-    assert latest_graph_before(store, PIPELINE, "2025-01-02").graph["ds"] == "2025-01-01"
+    assert latest_graph_before(store, PIPELINE, "2025-01-05").attrs["ds"] == "2025-01-03"
+    assert latest_graph_before(store, PIPELINE, "2025-01-04").attrs["ds"] == "2025-01-03"
+    assert latest_graph_before(store, PIPELINE, "2025-01-02").attrs["ds"] == "2025-01-01"
     assert latest_graph_before(store, PIPELINE, "2025-01-01") is None
 
 
@@ -284,7 +299,9 @@ def test_a_night_never_grows_from_a_later_nights_graph_whatever_the_backfill_ord
 
     def nights_in(ds: str) -> set[str]:
         return {
-            data["text"].removeprefix("task ") for _, data in load_graph(store, PIPELINE, ds).nodes(data=True) if data["kind"] == "task"
+            data["text"].removeprefix("task ")
+            for _, data in load_graph(store, PIPELINE, ds).to_networkx().nodes(data=True)
+            if data["kind"] == "task"
         }
 
     # A backfill out of order: the first night, then the third, then the second.
@@ -302,8 +319,9 @@ def test_a_night_never_grows_from_a_later_nights_graph_whatever_the_backfill_ord
 
 
 def test_combinations_are_unique_connected_triples_of_each_kind():
-    graph, _ = build_graph(random_rows(60, (15, 25, 30), seed=1), ds="2025-01-01")
-    combos = sample_combinations(graph, 150, seed=3, max_hops=2)
+    built, _ = build_graph(random_rows(60, (15, 25, 30), seed=1), ds="2025-01-01")
+    combos = sample_combinations(built, 150, seed=3, max_hops=2)
+    graph = built.to_networkx()
 
     assert len(combos) == 150
     assert len({(c.task_node, c.instruction_node, c.knowledge_node) for c in combos}) == 150
@@ -382,9 +400,9 @@ def test_usage_spreads_evenly_over_equal_tasks():
         [(t, i, 1.0) for t in tasks for i in instructions] + [(i, k, 1.0) for i in instructions for k in knowledge],
     )
     sample_combinations(graph, 200, seed=0)
-    used = [graph.nodes[t]["used"] for t in tasks]
+    used_counts = [used(graph, t) for t in tasks]
     # 10 each on average; independent uniform draws give a min of ~4 and a max of ~15
-    assert min(used) >= 6 and max(used) <= 2 * min(used), used
+    assert min(used_counts) >= 6 and max(used_counts) <= 2 * min(used_counts), used_counts
 
 
 def test_sampling_stops_cleanly_when_the_graph_is_exhausted(caplog):
@@ -396,7 +414,7 @@ def test_sampling_stops_cleanly_when_the_graph_is_exhausted(caplog):
         combos = sample_combinations(graph, 10, seed=0)
     assert sorted(c.knowledge for c in combos) == ["k1", "k2"]
     assert "2 of 10 combinations" in caplog.text
-    assert graph.nodes["task:lonely"]["used"] == 0
+    assert used(graph, "task:lonely") == 0
     assert sample_combinations(typed_graph({"task:t": 0}, []), 5, seed=0) == []
 
 
@@ -425,3 +443,71 @@ def test_medium_graph_builds_and_samples_quickly():
     assert stats.nodes > 1_900  # nearly every vocabulary word was drawn
     assert len({c.id for c in combos}) == 1_000
     assert elapsed < 15, f"took {elapsed:.1f}s"
+
+
+# -- the array-backed graph ----------------------------------------------------------------------
+
+
+def test_combinations_are_the_ones_the_networkx_implementation_drew():
+    # Drawn by the networkx-backed sampler this module replaced (same graph, same seeds):
+    # the arrays must not change which combinations a night gets.
+    graph, _ = build_graph(random_rows(60, (15, 25, 30), seed=1), ds="2025-01-01")
+    combos = sample_combinations(graph, 150, seed=3, max_hops=2)
+    assert [(c.task_node, c.instruction_node, c.knowledge_node, c.hops, round(c.coherence, 6)) for c in combos[:3]] == [
+        ("task:task 1", "instruction:instr 16", "knowledge:know 29", 1, 1.666667),
+        ("task:task 4", "instruction:instr 12", "knowledge:know 18", 1, 2.333333),
+        ("task:task 2", "instruction:instr 11", "knowledge:know 29", 1, 1.0),
+    ]
+    assert content_id(*[c.id for c in combos]) == "e485dd2408e355bb"
+
+    sparse, _ = build_graph(random_rows(40, (15, 25, 30), seed=2), ds="2025-01-01")
+    combos = sample_combinations(sparse, 1_200, seed=4, max_hops=2)  # deep enough to need 2-hop knowledge
+    assert (len(combos), sum(c.hops == 2 for c in combos)) == (1_200, 64)
+    assert content_id(*[c.id for c in combos]) == "ac540bed4fdef591"
+
+
+def test_building_in_small_batches_gives_the_same_graph_and_graph_json(tmp_path: Path, monkeypatch):
+    rows = random_rows(50, (10, 12, 15), seed=9)
+    rows[3]["relations"] = [rel("task 1", "uses", "know 2"), rel("instr 4", "needs", "task 7")]
+    rows[20] = {**rows[7], "task_keywords": ["duplicate of p7"]}
+    whole, whole_stats = build_graph(rows, ds="2025-01-01")
+    monkeypatch.setattr(knowledge_graph, "BATCH_ROWS", 7)
+    monkeypatch.setattr(knowledge_graph, "PRODUCT_PROBLEMS", 3)
+    monkeypatch.setattr(knowledge_graph, "WRITE_ROWS", 4)
+    batched, batched_stats = build_graph(rows, ds="2025-01-01")
+
+    assert batched_stats == whole_stats and whole_stats.rows_duplicate == 1
+    assert batched.node_table().equals(whole.node_table())
+    assert batched.edge_table().equals(whole.edge_table())
+    save_graph(Store(f"file://{tmp_path}"), PIPELINE, "2025-01-01", batched)
+    with open(tmp_path / PIPELINE / "kg_graph" / "ds=2025-01-01" / "graph.json") as fh:
+        from_json = nx.node_link_graph(json.load(fh))
+    assert edge_dict(from_json) == edge_dict(whole)
+    assert from_json.number_of_nodes() == whole.num_nodes
+
+
+def test_tables_are_sorted_with_edges_as_index_pairs():
+    graph, _ = build_graph(random_rows(30, (10, 12, 15), seed=4), ds="2025-01-01")
+    names = graph.names.to_pylist()
+    assert names == sorted(names)
+    assert (graph.source < graph.target).all()
+    pairs = list(zip(graph.source.tolist(), graph.target.tolist(), strict=True))
+    assert pairs == sorted(set(pairs))
+    assert (graph.source.dtype, graph.target.dtype) == (np.int32, np.int32)
+
+
+def test_the_pipeline_path_never_imports_networkx(tmp_path: Path):
+    script = f"""
+import sys
+from infinisynth.knowledge_graph import build_graph, graph_summary, latest_graph_before, sample_combinations, save_graph
+from infinisynth.storage import Store
+rows = [{{"id": f"p{{i}}", "task_keywords": ["t"], "instruction_keywords": [f"i{{i}}"], "knowledge_keywords": ["k"]}} for i in range(5)]
+store = Store("file://{tmp_path}")
+graph, _ = build_graph(rows, ds="2025-01-01")
+sample_combinations(graph, 3, seed=0)
+save_graph(store, "code_instruct", "2025-01-01", graph)
+graph, _ = build_graph(rows, ds="2025-01-02", previous=latest_graph_before(store, "code_instruct", "2025-01-02"))
+graph_summary(graph)
+assert "networkx" not in sys.modules, "networkx was imported"
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)

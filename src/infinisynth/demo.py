@@ -30,15 +30,16 @@ DEMO_DATE = "{ds}"  # replaced by the demo's date
 # let later stages see rows; nightly runs keep the default.
 DEMO_RUNS: list[tuple[str, dict[str, object]]] = [
     # About a fifth of the tiny model's problems pass quality and the lint gate, so the demo mines 8
-    # seeds and writes one backfeed problem per reverse one (both origins reach the gates); its judge
-    # is the same 135M model, whose three samples are no better than one, at three times the cost.
+    # Python seeds and writes two backfeed problems per reverse one: mined npm snippets (JSON-schema
+    # code on some machines) gave keyword triples whose problems all failed the gate. Its judge is
+    # the same 135M model, whose three samples are no better than one, at three times the cost.
     (
         "code_instruct",
         {
             "max_seeds": 8,
             "shard_size": 4,
-            "seed_languages": ["python", "javascript"],
-            "backfeed_ratio": 1.0,
+            "seed_languages": ["python"],
+            "backfeed_ratio": 2.0,
             "quality_samples": 1,
             "quality_threshold": 4.0,
             "test_gate": "report",

@@ -5,9 +5,10 @@ prompt, read as a number in [0, 1), below ``fraction`` means held out. So the sa
 falls on the same side - on every night, every re-run and every response it gets - and the
 held-out share is ``fraction`` in expectation without any state to keep.
 
-A publish step calls :func:`split_holdout` on its chat table, exports only the train side and
-writes the other with :func:`write_holdout` to ``{root}/{pipeline}/holdout/ds=.../``; the
-deficiency-diagnosis loop reads it from there (:mod:`infinisynth.diagnosis.diagnosis_set`).
+A publish step calls :func:`split_holdout` on its chat rows (a batch at a time: a row's side
+depends on its prompt alone), exports only the train side and writes the other with
+:func:`write_holdout` to ``{root}/{pipeline}/holdout/ds=.../``; the deficiency-diagnosis loop
+reads it from there (:mod:`infinisynth.diagnosis.diagnosis_set`).
 
 The fraction is a setting: ``INFINISYNTH_HOLDOUT_FRACTION`` (default 0.05), or pass it.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infinisynth.spill import SpilledTable
 from infinisynth.storage import Manifest, Store
 
 HOLDOUT_STAGE = "holdout"
@@ -70,7 +72,9 @@ def split_holdout(table: pa.Table, fraction: float | None = None, salt: str = SA
     return table.filter(pc.invert(mask)), table.filter(mask)
 
 
-def write_holdout(store: Store, pipeline: str, ds: str, held_out: pa.Table, meta: dict[str, Any] | None = None) -> Manifest:
-    """Commit the held-out rows as ``{pipeline}/holdout/ds={ds}`` (an empty slice still commits)."""
+def write_holdout(store: Store, pipeline: str, ds: str, held_out: pa.Table | SpilledTable, meta: dict[str, Any] | None = None) -> Manifest:
+    """Commit the held-out rows (a table, or rows a publish step spilled as it streamed) as
+    ``{pipeline}/holdout/ds={ds}`` (an empty slice still commits)."""
     body = {"pipeline": pipeline, "stage": HOLDOUT_STAGE, "ds": ds, "salt": SALT, **(meta or {})}
-    return store.partition(pipeline, HOLDOUT_STAGE, ds).write_and_commit(held_out, meta=body, schema=held_out.schema)
+    partition = store.partition(pipeline, HOLDOUT_STAGE, ds)
+    return partition.commit([partition.write_file(0, held_out.to_batches(), held_out.schema)], held_out.schema, body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import tempfile
 from collections import Counter
 from dataclasses import asdict
 from statistics import fmean
@@ -24,9 +25,10 @@ from infinisynth.holdout import split_holdout, write_holdout
 from infinisynth.records import canonical_json, content_id
 from infinisynth.shards import funnel_table
 from infinisynth.specs.code_instruct import PIPELINE, SPEC, CodeInstructSettings
+from infinisynth.spill import Spill, SpilledTable
 from infinisynth.stages.backfeed import COMBINATION_SCHEMA
 from infinisynth.stages.base import GlobalStep, Row, StepOutput
-from infinisynth.stages.publish import DATASET_SCHEMA, SFT_DEFAULTS, to_chat_rows
+from infinisynth.stages.publish import DATASET_SCHEMA, SFT_DEFAULTS, chat_batches
 from infinisynth.stages.quality import QualityAssessment
 from infinisynth.stages.verify import discard_table
 from infinisynth.steps import RunContext, night_funnel
@@ -151,10 +153,12 @@ class PlanBackfeed(GlobalStep):
         ctx: RunContext = self.ctx
         settings: CodeInstructSettings = ctx.settings
         store, ds = ctx.store, ctx.ds
-        keyword_rows = ctx.partition(KEYWORD_STAGE).read()
+        keyword_rows = ctx.partition(KEYWORD_STAGE).read(columns=list(kg.INPUT_COLUMNS))  # not the problems' text
+        keyword_count = keyword_rows.num_rows
         previous = kg.latest_graph_before(store, PIPELINE, ds) if settings.reuse_graph else None
-        grown_from = previous.graph.get("ds") if previous is not None else None
+        grown_from = previous.attrs.get("ds") if previous is not None else None
         graph, stats = kg.build_graph(keyword_rows, ds=ds, previous=previous)
+        del keyword_rows, previous  # the graph holds what sampling needs
         wanted = round(settings.backfeed_ratio * ctx.partition(REVERSE_STAGE).manifest().rows)
         combinations = kg.sample_combinations(graph, wanted, seed=settings.sampling_seed) if wanted else []
         kg.save_graph(store, PIPELINE, ds, graph)  # after sampling: node usage is part of the graph
@@ -185,7 +189,7 @@ class PlanBackfeed(GlobalStep):
         )
         table = pa.Table.from_pylist(rows, schema=COMBINATION_SCHEMA)
         meta = {"graph": summary, "graph_build": asdict(stats), "grown_from": grown_from, "wanted": wanted}
-        return StepOutput(table, keyword_rows.num_rows, meta=meta)
+        return StepOutput(table, keyword_count, meta=meta)
 
 
 def _language_weights(ctx: RunContext) -> dict[str, float]:
@@ -197,7 +201,11 @@ def _language_weights(ctx: RunContext) -> dict[str, float]:
 
 class Publish(GlobalStep):
     """Chat-format rows from every verified pair, less the held-out slice (the deficiency-diagnosis
-    loop's exam, never exported), with the night's funnel and complexity report."""
+    loop's exam, never exported), with the night's funnel and complexity report.
+
+    Streams: the answered partition is read a batch at a time, and each batch's dataset,
+    held-out and below-threshold rows go to scratch files as they come (the held-out split is a
+    per-row hash and the threshold a per-row test, so per batch is exact), keeping the input's order."""
 
     name = DATASET_STAGE
     schema = DATASET_SCHEMA
@@ -205,16 +213,22 @@ class Publish(GlobalStep):
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
         settings: CodeInstructSettings = ctx.settings
-        answered = ctx.partition(TESTED_STAGE).read()
-        dataset, held_out = split_holdout(to_chat_rows(answered), settings.holdout_fraction)
-        write_holdout(ctx.store, PIPELINE, ctx.ds, held_out, {"rows_total": dataset.num_rows + held_out.num_rows})
-        dataset, below = split_threshold(dataset, settings.quality_threshold)
-        if settings.answer_threshold != settings.quality_threshold or ctx.store.partition(PIPELINE, BELOW_THRESHOLD_STAGE, ctx.ds).exists():
-            ctx.store.partition(PIPELINE, BELOW_THRESHOLD_STAGE, ctx.ds).write_and_commit(
-                below,
-                meta={"answer_threshold": settings.answer_threshold, "quality_threshold": settings.quality_threshold},
-                schema=DATASET_SCHEMA,
-            )
+        self._scratch = tempfile.TemporaryDirectory(prefix="infinisynth-publish-")  # lives as long as the step: the commit reads it
+        dataset = Spill(self._scratch.name, DATASET_SCHEMA, row_group_rows=settings.shard_size)  # committed a shard at a time
+        held_out, below = Spill(self._scratch.name, DATASET_SCHEMA), Spill(self._scratch.name, DATASET_SCHEMA)
+        for chat in chat_batches(ctx.partition(TESTED_STAGE)):
+            train, held = split_holdout(chat, settings.holdout_fraction)
+            kept, under = split_threshold(train, settings.quality_threshold)
+            dataset.write(kept)
+            held_out.write(held)
+            below.write(under)
+        answered = dataset.rows + held_out.rows + below.rows
+        write_holdout(ctx.store, PIPELINE, ctx.ds, SpilledTable([held_out], DATASET_SCHEMA), {"rows_total": answered})
+        below_partition = ctx.store.partition(PIPELINE, BELOW_THRESHOLD_STAGE, ctx.ds)
+        if settings.answer_threshold != settings.quality_threshold or below_partition.exists():
+            below_file = below_partition.write_file(0, SpilledTable([below], DATASET_SCHEMA).to_batches(), DATASET_SCHEMA)
+            thresholds = {"answer_threshold": settings.answer_threshold, "quality_threshold": settings.quality_threshold}
+            below_partition.commit([below_file], DATASET_SCHEMA, thresholds)
         funnel = night_funnel(ctx)
         complexity = complexity_by_origin(ctx.store, ctx.ds)
         log.info("code_instruct %s funnel\n%s", ctx.ds, funnel_table(funnel))
@@ -226,21 +240,21 @@ class Publish(GlobalStep):
         meta = {
             "funnel": funnel,
             "complexity_by_origin": complexity,
-            "held_out": {"rows": held_out.num_rows, "fraction": settings.holdout_fraction},
+            "held_out": {"rows": held_out.rows, "fraction": settings.holdout_fraction},
             "quality_threshold": settings.quality_threshold,
             "answer_threshold": settings.answer_threshold,
-            "below_threshold": below.num_rows,
+            "below_threshold": below.rows,
             "sft": SFT_DEFAULTS,
         }
-        return StepOutput(dataset, answered.num_rows, meta=meta)
+        return StepOutput(SpilledTable([dataset], DATASET_SCHEMA).as_table(), answered, meta=meta)
 
 
 def split_threshold(chat: pa.Table, threshold: float) -> tuple[pa.Table, pa.Table]:
     """(rows scoring at least the publish threshold, the rest): the rest exist only when the
-    pipeline answers from a lower ``answer_threshold``, for the release's lower-threshold variants."""
-    scores = chat.column("quality_mean").to_pylist()
-    mask = pa.array([s is None or s >= threshold for s in scores], pa.bool_())
-    return chat.filter(mask), chat.filter(pc.invert(mask))
+    pipeline answers from a lower ``answer_threshold``, for the release's lower-threshold variants.
+    A row without a score is published (it was not judged here)."""
+    publish = pc.fill_null(pc.greater_equal(chat.column("quality_mean"), threshold), True)
+    return chat.filter(publish), chat.filter(pc.invert(publish))
 
 
 def complexity_by_origin(store: Store, ds: str) -> dict[str, dict[str, float]]:

@@ -11,12 +11,14 @@ never overwrite each other.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from infinisynth.diagnosis import aggregate as agg
 from infinisynth.diagnosis import iterations
@@ -31,8 +33,9 @@ from infinisynth.settings import ConnectionLookup, role_config, store_for
 from infinisynth.shards import funnel_table
 from infinisynth.spec import PipelineSpec
 from infinisynth.specs.deficiency_diagnosis import HOLDOUT_SOURCE, PIPELINE, SPEC, DiagnosisSettings, ModelRegistration
+from infinisynth.spill import Spill, SpilledTable
 from infinisynth.stages.base import GlobalStep, StepOutput
-from infinisynth.stages.publish import DATASET_SCHEMA, SFT_DEFAULTS, to_chat_rows
+from infinisynth.stages.publish import DATASET_SCHEMA, SFT_DEFAULTS, chat_batches
 from infinisynth.steps import RunContext, night_funnel
 from infinisynth.storage import Store
 
@@ -334,16 +337,15 @@ class Publish(GlobalStep):
 
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
-        answered = ctx.partition(TESTED_STAGE).read()
-        targets = {r["id"]: r for r in ctx.partition(TARGETED_STAGE).read(columns=["id", "deficiency", "iteration"]).to_pylist()}
-        chat = to_chat_rows(answered).to_pylist()
-        for row in chat:
-            target = targets[row["parent_ids"][0]]
-            row["deficiency"], row["iteration"] = target["deficiency"], target["iteration"]
+        targets = ctx.partition(TARGETED_STAGE).read(columns=["id", "deficiency", "iteration"])
+        self._scratch = tempfile.TemporaryDirectory(prefix="infinisynth-publish-")  # lives as long as the step: the commit reads it
+        dataset = Spill(self._scratch.name, DIAGNOSIS_DATASET_SCHEMA, row_group_rows=ctx.settings.shard_size)
+        for chat in chat_batches(ctx.partition(TESTED_STAGE)):  # a batch at a time, in stored order
+            dataset.write(with_targets(chat, targets))
         self.funnel = night_funnel(ctx)
         return StepOutput(
-            pa.Table.from_pylist(chat, schema=DIAGNOSIS_DATASET_SCHEMA),
-            answered.num_rows,
+            SpilledTable([dataset], DIAGNOSIS_DATASET_SCHEMA).as_table(),
+            dataset.rows,
             meta={"funnel": self.funnel, "sft": SFT_DEFAULTS},
         )
 
@@ -357,6 +359,18 @@ class Publish(GlobalStep):
         text = rpt.render(it, groups, history, funnel_table(self.funnel))
         url = rpt.write(ctx.store, ctx.ds, text, rpt.plot_png(history))
         log.info("%s\n(report: %s)", text, url)
+
+
+def with_targets(chat: pa.Table, targets: pa.Table) -> pa.Table:
+    """Chat rows with the deficiency and iteration of the targeted instruction each answers (its
+    first parent); an answer to no targeted instruction of the iteration is an error."""
+    position = pc.index_in(pc.list_element(chat.column("parent_ids"), 0), value_set=targets.column("id"))
+    if position.null_count:
+        unknown = chat.filter(pc.is_null(position)).column("parent_ids").to_pylist()[0]
+        raise KeyError(f"answered row of {unknown[0]!r}, which is no targeted instruction of this iteration")
+    return chat.append_column("deficiency", targets.column("deficiency").take(position)).append_column(
+        "iteration", targets.column("iteration").take(position)
+    )
 
 
 def _now() -> str:

@@ -8,16 +8,15 @@ release folder lists them all again for a reader who never opens the tables.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import logging
 import posixpath
 import tempfile
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,10 +31,11 @@ from infinisynth.release import card, export, sft_config
 from infinisynth.release import rows as rel
 from infinisynth.release.decontaminate import BenchmarkIndex, DecontamSettings, screen
 from infinisynth.release.dedup import INDEX_SCHEMA, SEGMENT_ROWS, Deduplicator, DedupSettings, Embedder, ReleasedIndex, index_table
-from infinisynth.release.variants import plan
+from infinisynth.release.variants import RELEASED, SELECTION_COLUMNS, plan, with_keys
 from infinisynth.settings import ConnectionLookup, env_connection, store_for
 from infinisynth.spec import PipelineSpec
 from infinisynth.specs.release import BENCHMARKS_VARIABLE, PIPELINE, SPEC, ReleaseSettings
+from infinisynth.spill import Spill, SpilledTable, freeing
 from infinisynth.stages.base import GlobalStep, Rejected, StepOutput, rejected_row
 from infinisynth.stages.publish import to_chat_rows
 from infinisynth.steps import RunContext
@@ -63,7 +63,6 @@ SCREENED_SCHEMA = pa.schema(
 )
 ANN_AREA, INDEX_ANN_AREA = "_ann", "index_ann"  # the dedup step's saved HNSW segments; each release's key map (and old indexes)
 BATCH_ROWS = 4096  # rows a step holds at once
-T = TypeVar("T")
 REPAIRS = 2  # times an export redoes the steps a concurrent run of its version re-committed under it
 
 
@@ -147,27 +146,6 @@ def _model_provenance(store: Store, pipeline: str, ds: str) -> tuple[dict[str, A
     return roles, prompts
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)  # glibc only
-    except (AttributeError, OSError):
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
-
-
-def freeing(batches: Iterable[T]) -> Iterator[T]:
-    """``batches``, handing the memory freed meanwhile back to the OS after each one: Arrow's
-    allocator (mimalloc) keeps freed pages for reuse and glibc's heap the freed chunks of a batch's
-    Python strings, caches that grew with the rows (300,000 rows' gather: 226 MB, 162 MB so)."""
-    for batch in batches:
-        yield batch
-        pa.default_memory_pool().release_unused()
-        if MALLOC_TRIM is not None:
-            MALLOC_TRIM(0)
-
-
 PUBLISHED, BELOW, LINT_REJECTED = 0, 1, 2  # candidate ranks: dedup keeps the first of a group, so published rows win
 
 
@@ -232,77 +210,6 @@ class ConcurrentRelease(RuntimeError):
     published (a retry, once that run is done, publishes a consistent release)."""
 
 
-class _Spill:
-    """Rows written to a local scratch Parquet file as a step makes them, read back in batches by
-    the commit: a step's output never sits in memory whole."""
-
-    def __init__(self, directory: str, schema: pa.Schema):
-        import pyarrow.parquet as pq
-
-        self.path = posixpath.join(directory, f"spill-{uuid.uuid4().hex[:8]}.parquet")
-        self.schema = schema
-        self.rows = 0
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.path, schema, compression="lz4")
-
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows and self._writer is not None:
-            self._writer.write_table(table.select(self.schema.names).cast(self.schema), row_group_size=BATCH_ROWS)
-            self.rows += table.num_rows
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-def _row_group_batches(path: str, batch_size: int) -> Iterator[pa.RecordBatch]:
-    """A Parquet file's batches, a row group at a time: one reader over the whole file would hold
-    memory for every row group it has read until it is done (~420 bytes a row, measured)."""
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-    for group in range(parquet.num_row_groups):
-        yield from parquet.iter_batches(batch_size=batch_size, row_groups=[group])
-
-
-class SpilledTable:
-    """The calls the commit makes on a step's table (``num_rows``, ``slice``, ``to_batches``),
-    answered from scratch files one batch at a time."""
-
-    def __init__(self, spills: Sequence[_Spill], schema: pa.Schema, offset: int = 0, length: int | None = None):
-        self.spills, self.schema, self.offset = list(spills), schema, offset
-        total = sum(s.rows for s in self.spills)
-        self.num_rows = max(0, min(total - offset, total if length is None else length))
-
-    def slice(self, offset: int = 0, length: int | None = None) -> SpilledTable:
-        return SpilledTable(self.spills, self.schema, self.offset + offset, self.num_rows - offset if length is None else length)
-
-    def to_batches(self, max_chunksize: int | None = None) -> Iterator[pa.RecordBatch]:
-
-        skip, left = self.offset, self.num_rows
-        for spill in self.spills:
-            spill.close()
-            if left <= 0:
-                return
-            if skip >= spill.rows:
-                skip -= spill.rows
-                continue
-            for batch in freeing(_row_group_batches(spill.path, max_chunksize or BATCH_ROWS)):
-                if skip >= batch.num_rows:
-                    skip -= batch.num_rows
-                    continue
-                batch = batch.slice(skip, left)
-                skip = 0
-                left -= batch.num_rows
-                yield batch
-                if left <= 0:
-                    return
-
-    def as_table(self) -> pa.Table:
-        """What :class:`StepOutput` declares; the commit only uses the calls above."""
-        return cast(pa.Table, self)
-
-
 class _Rejects:
     """Rejected rows in a scratch Arrow file, memory-mapped back as the table the commit takes."""
 
@@ -356,7 +263,7 @@ class GatherCandidates(_StreamingStep):
         unknown = [p for p in settings.pipelines if p not in SPECS]
         if unknown:
             raise InputError(f"unknown pipeline(s) {unknown}; known: {sorted(SPECS)}")
-        ranks = [_Spill(self.scratch(), rel.CANDIDATE_SCHEMA) for _ in range(3)]  # published, below threshold, lint-rejected
+        ranks = [Spill(self.scratch(), rel.CANDIDATE_SCHEMA) for _ in range(3)]  # published, below threshold, lint-rejected
         sources = []
         for pipeline in sorted(settings.pipelines, key=lambda p: rel.PIPELINES.index(p) if p in rel.PIPELINES else len(rel.PIPELINES)):
             for ds in sorted(ctx.store.committed_dates(pipeline, "dataset")):
@@ -448,7 +355,7 @@ class Deduplicate(_StreamingStep):
         index = ReleasedIndex(dedup, segment_dir=folder if is_local(store.fs) else self.scratch(), segment_prefix=f"dedup-{build['id']}")
         versions = earlier_index(store, ctx.ds, index, self.scratch()) if settings.dedup_against_releases else []
         deduplicator = Deduplicator(self.embed or embedder(), dedup, index)
-        out, rejects = _Spill(self.scratch(), SCREENED_SCHEMA), _Rejects(self.scratch())
+        out, rejects = Spill(self.scratch(), SCREENED_SCHEMA), _Rejects(self.scratch())
         for batch in freeing(candidates.snapshot_batches(manifest, batch_size=BATCH_ROWS)):
             table = pa.Table.from_batches([batch])
             ids = table["id"].to_pylist()
@@ -523,7 +430,7 @@ class Decontaminate(_StreamingStep):
         embed = self.embed or embedder()
         index = BenchmarkIndex(items, embed, screen_settings)
         dropped: dict[str, Counter[str]] = defaultdict(Counter)
-        out, rejects = _Spill(self.scratch(), SCREENED_SCHEMA), _Rejects(self.scratch())
+        out, rejects = Spill(self.scratch(), SCREENED_SCHEMA), _Rejects(self.scratch())
         total = 0
         for batch in freeing(deduplicated.snapshot_batches(manifest, batch_size=BATCH_ROWS)):
             table = pa.Table.from_batches([batch])
@@ -655,42 +562,39 @@ class Export(_StreamingStep):
         chain = consistent_chain(store, version)
         screened_partition, screened_manifest = ctx.partition(DECONTAMINATED), chain[DECONTAMINATED]
         gathered, dedup_meta, decontam_meta = chain[CANDIDATES].meta, chain[DEDUPLICATED].meta, screened_manifest.meta
-        columns = ["id", "origin", "quality_mean", "lint_passed", "in_dataset"]
-        parts = list(screened_partition.snapshot_batches(screened_manifest, columns, 65_536))
-        small_schema = pa.schema([SCREENED_SCHEMA.field(c) for c in columns])
-        small = pa.Table.from_batches(parts, schema=small_schema) if parts else small_schema.empty_table()
         sources = gathered["sources"]
         answer_thresholds = [s["answer_threshold"] for s in sources if s.get("answer_threshold") is not None]
         publish_thresholds = [s["quality_threshold"] for s in sources if s.get("quality_threshold") is not None]
-        released = np.asarray(small["in_dataset"].to_numpy(zero_copy_only=False), dtype=bool)
-        made = plan(
-            small,
+        # every variant's rule and row count first, from passes over the small columns (shard names carry the counts)
+        selection = plan(
+            lambda: freeing(screened_partition.snapshot_batches(screened_manifest, SELECTION_COLUMNS, 65_536)),
             thresholds=settings.quality_thresholds,
             mixes=settings.mixes,
             lint_unfiltered=settings.lint_variant,
             publish_threshold=max(publish_thresholds) if publish_thresholds else 6.0,
             answered_from=max(answer_thresholds) if answer_thresholds else None,
         )
-        rows = int(released.sum())
+        made, rows = selection.variants, selection.released
         folder = export.FolderWriter(store, version)
         try:
-            splits = [(released, folder.shards("data", rel.EXPORT_SCHEMA, rows, settings.max_shard_rows))]
+            splits = [("data", RELEASED, rows, folder.shards("data", rel.EXPORT_SCHEMA, rows, settings.max_shard_rows))]
             splits += [
-                (v.mask, folder.shards(f"variants/{v.name}", rel.EXPORT_SCHEMA, int(v.mask.sum()), settings.max_shard_rows)) for v in made
+                (v.name, v.rule, v.rows, folder.shards(f"variants/{v.name}", rel.EXPORT_SCHEMA, v.rows, settings.max_shard_rows))
+                for v in made
             ]
             at = 0
-            for batch in freeing(screened_partition.snapshot_batches(screened_manifest, rel.EXPORT_SCHEMA.names)):
-                table = pa.Table.from_batches([batch])
-                for mask, writer in splits:
-                    part = mask[at : at + table.num_rows]
-                    if part.any():
-                        writer.write(table.filter(pa.array(part)))
-                at += table.num_rows
+            for batch in freeing(screened_partition.snapshot_batches(screened_manifest, [*rel.EXPORT_SCHEMA.names, "in_dataset"])):
+                table = with_keys(batch, at) if selection.keyed else pa.Table.from_batches([batch])
+                for _, rule, _, writer in splits:
+                    writer.write(table.filter(rule).select(rel.EXPORT_SCHEMA.names))
+                at += batch.num_rows
                 self._lease.keep_alive()
-            for _, writer in splits:
+            for name, _, counted, writer in splits:
                 writer.close()
+                if writer.rows != counted:  # the counts are in the shard names and the card: they must be what was written
+                    raise RuntimeError(f"release {version}: {name} has {writer.rows} rows, {counted} counted before writing")
             configs = {"default": ("data/train-*", rows)}
-            configs.update({v.name: (f"variants/{v.name}/train-*", int(v.mask.sum())) for v in made})
+            configs.update({v.name: (f"variants/{v.name}/train-*", v.rows) for v in made})
             roles: dict[str, Any] = {}
             prompts: dict[str, str] = {}
             for source in sources:
@@ -702,7 +606,7 @@ class Export(_StreamingStep):
                 "end_date": gathered.get("end_date"),
                 "rows": rows,
                 "candidates": chain[CANDIDATES].rows,
-                "origins": _counts(small["origin"].filter(pa.array(released))),
+                "origins": selection.released_origins,
                 "sources": [{k: v for k, v in s.items() if k not in ("roles", "prompt_versions")} for s in sources],
                 "roles": roles,
                 "prompt_versions": prompts,
@@ -713,7 +617,7 @@ class Export(_StreamingStep):
                     for k in ("benchmarks", "benchmark_items", "ngram", "ngram_overlap", "max_cosine", "max_cosine_response", "dropped")
                 },
                 "complexity_by_origin": _merge_complexity(sources),
-                "variants": [{"name": v.name, "description": v.description, "rows": int(v.mask.sum()), "note": v.note} for v in made],
+                "variants": [{"name": v.name, "description": v.description, "rows": v.rows, "note": v.note} for v in made],
             }
             final = export.release_path(store, version)
             dataset_ref = settings.hub_repo_id if settings.push_to_hub and settings.hub_repo_id else _local(store, final)
@@ -727,17 +631,17 @@ class Export(_StreamingStep):
             raise
         self._write_index(screened_partition, screened_manifest, rows, dedup_meta, scratch)
         pushed = self._push(store, final, version) if settings.push_to_hub else None
-        log.info("release %s: %d rows in %s; variants %s", version, rows, store.url(final), {v.name: int(v.mask.sum()) for v in made})
+        log.info("release %s: %d rows in %s; variants %s", version, rows, store.url(final), {v.name: v.rows for v in made})
         meta = {
             "folder": store.url(final),
             "start_date": gathered.get("start_date"),
             "end_date": gathered.get("end_date"),
-            "variants": {v.name: int(v.mask.sum()) for v in made},
+            "variants": {v.name: v.rows for v in made},
             "hub": pushed,
             "build": _new_build(screened_manifest),
         }
         published = ctx.partition(DECONTAMINATED)  # the table of this step: the released rows, streamed by the commit
-        out = _Spill(scratch, rel.EXPORT_SCHEMA)
+        out = Spill(scratch, rel.EXPORT_SCHEMA)
         for batch in freeing(published.snapshot_batches(screened_manifest, rel.EXPORT_SCHEMA.names + ["in_dataset"])):
             out.write(pa.Table.from_batches([batch]).filter(pc.field("in_dataset")))
         out.close()
@@ -812,12 +716,6 @@ def _append_keys(keys: np.ndarray, at: int, batch: pa.ChunkedArray) -> int:
         raise ValueError("the released rows' HNSW keys are not increasing in row order: the key map would not be sorted")
     keys[at : at + len(values)] = values
     return at + len(values)
-
-
-def _counts(values: pa.ChunkedArray) -> dict[str, int]:
-    """How often each value occurs (Arrow's count: no Python string per row)."""
-    counts = pc.value_counts(values)
-    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
 
 
 def _local(store: Store, folder: str) -> str:

@@ -13,6 +13,7 @@ single-turn pair (origin ``evolved``), so a failed follow-up never loses a kept 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
 from datetime import date, timedelta
 from typing import Any
@@ -24,8 +25,9 @@ from pydantic import BaseModel
 from infinisynth.records import content_id, schema_with
 from infinisynth.shards import funnel_table
 from infinisynth.specs.subject_instruct import MAX_GENERATIONS, PIPELINE, SPEC, SubjectSettings, evolve_stage, oracle_stage
+from infinisynth.spill import Spill, SpilledTable, freeing, rebatched
 from infinisynth.stages.base import GlobalStep, StepOutput
-from infinisynth.stages.publish import MESSAGE_TYPE, SFT_DEFAULTS
+from infinisynth.stages.publish import MESSAGE_TYPE, PUBLISH_BATCH_ROWS, SFT_DEFAULTS
 from infinisynth.steps import RunContext, night_funnel
 from infinisynth.storage import Store
 from infinisynth.subject import report as subject_report
@@ -285,15 +287,29 @@ class Publish(GlobalStep):
     def run(self) -> StepOutput:
         ctx: RunContext = self.ctx
         store, ds = ctx.store, ctx.ds
-        answered = ctx.partition(RESPOND_STAGE).read().to_pylist()
-        conversations = ctx.partition(MULTITURN_STAGE).read().to_pylist()
+        conversations = ctx.partition(MULTITURN_STAGE).read()  # as Arrow: each batch of pairs looks up its own
         seed_table = ctx.partition(SEED_STAGE).read(columns=["id", "instruction"])
         seeds = dict(zip(seed_table.column("id").to_pylist(), seed_table.column("instruction").to_pylist()))
         scores = _difficulty_scores(store, ds)
-        rows = dataset_rows(answered, conversations, seeds, {i: s for i, (_, s) in scores.items()})
-        dataset = pa.Table.from_pylist(rows, schema=DATASET_SCHEMA)
+        difficulty = {i: s for i, (_, s) in scores.items()}
+        self._scratch = tempfile.TemporaryDirectory(prefix="infinisynth-publish-")  # lives as long as the step: the commit reads it
+        dataset = Spill(self._scratch.name, DATASET_SCHEMA, row_group_rows=ctx.settings.shard_size)
+        dataset_tags: list[list[str] | None] = []  # the report's coverage of the dataset
+        origins: Counter[str] = Counter()
+        answered = 0
+        # The answered pairs a batch at a time, in stored order: each batch's rows are what the whole
+        # partition's would be (a pair's row depends on its own conversation alone).
+        answered_batches = ctx.partition(RESPOND_STAGE).iter_batches(batch_size=PUBLISH_BATCH_ROWS)
+        for batch in freeing(rebatched(answered_batches, PUBLISH_BATCH_ROWS)):
+            pairs = batch.to_pylist()
+            rows = dataset_rows(pairs, _conversations_of(conversations, batch.column("id")), seeds, difficulty)
+            chat = pa.Table.from_pylist(rows, schema=DATASET_SCHEMA)
+            dataset.write(chat)
+            dataset_tags.extend(chat.column("tags").to_pylist())
+            origins.update(chat.column("origin").to_pylist())
+            answered += len(pairs)
 
-        run_report, plots = build_report(store, ds, dataset, scores)
+        run_report, plots = build_report(store, ds, dataset_tags, scores)
         funnel = night_funnel(ctx)
         # The report files go in first: whoever finds the dataset's manifest finds its report too.
         report_path = report_file(store, ds, REPORT_FILE)
@@ -317,9 +333,17 @@ class Publish(GlobalStep):
             "difficulty": run_report["difficulty"],
             "report": store.url(report_path),
             "plots": sorted(plots),
-            "origins": dict(Counter(dataset.column("origin").to_pylist())),
+            "origins": dict(origins),
         }
-        return StepOutput(dataset, len(answered), meta=meta)
+        return StepOutput(SpilledTable([dataset], DATASET_SCHEMA).as_table(), answered, meta=meta)
+
+
+def _conversations_of(conversations: pa.Table, pair_ids: pa.ChunkedArray) -> list[dict[str, Any]]:
+    """The multi-turn conversations grown from these pairs (their first parent), in stored order."""
+    if conversations.num_rows == 0:
+        return []
+    grown_from = pc.list_element(conversations.column("parent_ids"), 0)
+    return conversations.filter(pc.is_in(grown_from, value_set=pair_ids)).to_pylist()
 
 
 def _difficulty_scores(store: Store, ds: str) -> dict[str, tuple[int, float]]:
@@ -334,9 +358,12 @@ def _difficulty_scores(store: Store, ds: str) -> dict[str, tuple[int, float]]:
     return scores
 
 
-def build_report(store: Store, ds: str, dataset: pa.Table, scores: dict[str, tuple[int, float]]) -> tuple[dict[str, Any], dict[str, bytes]]:
+def build_report(
+    store: Store, ds: str, dataset_tags: list[list[str] | None], scores: dict[str, tuple[int, float]]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Coverage (tags per domain, co-occurrence network and its power law) of the pool and the
-    dataset, and depth (difficulty before and after evolution); plus the log-log plots."""
+    dataset (its rows' tag lists), and depth (difficulty before and after evolution); plus the
+    log-log plots."""
     from infinisynth.subject.vocabulary import latest_vocabulary_before
 
     # The vocabulary saved tonight is the latest one before tomorrow.
@@ -347,7 +374,7 @@ def build_report(store: Store, ds: str, dataset: pa.Table, scores: dict[str, tup
     pool_tags = store.partition(PIPELINE, TAGS_STAGE, ds).read(columns=["tags"]).column("tags").to_pylist()
     for scope, tag_lists, plot_file in (
         ("pool", pool_tags, POOL_PLOT_FILE),
-        ("dataset", dataset.column("tags").to_pylist(), DATASET_PLOT_FILE),
+        ("dataset", dataset_tags, DATASET_PLOT_FILE),
     ):
         network, distribution = subject_report.network_summary(tag_lists)
         report[scope] = {

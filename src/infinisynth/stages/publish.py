@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pyarrow as pa
 
 from infinisynth.records import content_id, schema_with
+from infinisynth.spill import freeing, rebatched
 from infinisynth.stages.problems import COMBINATION_TYPE
 from infinisynth.stages.quality import QUALITY_FIELDS
+from infinisynth.storage import Partition
+
+# Answered rows a publish step converts at once: a code pair is ~3 KB and passes through a dozen
+# copies (Python rows, the chat table, the splits, the spills' casts), so 4,096 of them peaked ~200 MB.
+PUBLISH_BATCH_ROWS = 512
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
@@ -45,3 +53,10 @@ def to_chat_rows(answered: pa.Table) -> pa.Table:
             }
         )
     return pa.Table.from_pylist(rows, schema=DATASET_SCHEMA)
+
+
+def chat_batches(answered: Partition, batch_rows: int = PUBLISH_BATCH_ROWS) -> Iterator[pa.Table]:
+    """A committed partition of answered problems as chat rows (:func:`to_chat_rows`), a batch at a
+    time and in its stored order: a publish step holds one batch, not the night."""
+    for batch in freeing(rebatched(answered.iter_batches(batch_size=batch_rows), batch_rows)):
+        yield to_chat_rows(batch)
