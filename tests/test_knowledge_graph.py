@@ -471,9 +471,9 @@ def test_building_in_small_batches_gives_the_same_graph_and_graph_json(tmp_path:
     rows[3]["relations"] = [rel("task 1", "uses", "know 2"), rel("instr 4", "needs", "task 7")]
     rows[20] = {**rows[7], "task_keywords": ["duplicate of p7"]}
     whole, whole_stats = build_graph(rows, ds="2025-01-01")
-    monkeypatch.setattr(knowledge_graph, "BATCH_ROWS", 7)
-    monkeypatch.setattr(knowledge_graph, "PRODUCT_PROBLEMS", 3)
-    monkeypatch.setattr(knowledge_graph, "WRITE_ROWS", 4)
+    monkeypatch.setattr(knowledge_graph.build, "BATCH_ROWS", 7)
+    monkeypatch.setattr(knowledge_graph.build, "PRODUCT_PROBLEMS", 3)
+    monkeypatch.setattr(knowledge_graph.store, "WRITE_ROWS", 4)
     batched, batched_stats = build_graph(rows, ds="2025-01-01")
 
     assert batched_stats == whole_stats and whole_stats.rows_duplicate == 1

@@ -9,15 +9,15 @@ one batch at a time: a step's memory stays at a batch whatever the partition's s
 
 from __future__ import annotations
 
-import bisect
 import ctypes
-import itertools
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar, cast
 
 import pyarrow as pa
+
+from infinisynth.storage import row_group_batches, row_group_starts
 
 BATCH_ROWS = 4096  # rows a streaming step holds at once
 T = TypeVar("T")
@@ -94,17 +94,8 @@ class Spill:
         self.close()
         if self._reader is None:
             self._reader = pq.ParquetFile(self.path)
-            sizes = [self._reader.metadata.row_group(group).num_rows for group in range(self._reader.num_row_groups)]
-            self._group_starts = [0, *itertools.accumulate(sizes)][:-1]
-        first = max(0, bisect.bisect_right(self._group_starts, skip) - 1)
-        skip -= self._group_starts[first] if self._group_starts else 0
-        for group in range(first, len(self._group_starts)):
-            for batch in self._reader.iter_batches(batch_size=batch_size, row_groups=[group]):
-                if skip >= batch.num_rows:
-                    skip -= batch.num_rows
-                    continue
-                yield batch.slice(skip) if skip else batch
-                skip = 0
+            self._group_starts = row_group_starts(self._reader)
+        yield from row_group_batches(self._reader, batch_size, skip=skip, group_starts=self._group_starts)
 
 
 class SpilledTable:

@@ -31,8 +31,10 @@ generation survives one more commit, and staged files are deleted only once olde
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -64,6 +66,36 @@ READ_RETRIES = 3
 LEASE_TTL = 600.0  # seconds; a commit renews its lease as it goes, so only a dead committer's runs out
 LEASE_WAIT = 900.0  # longer than the TTL: a waiting commit always outlives a dead holder's lease
 STAGING_GRACE = 3 * 24 * 3600.0  # a staged file this old has no live writer: no run lasts three days
+
+
+def row_group_starts(parquet: pq.ParquetFile) -> list[int]:
+    """The first row of each of the file's row groups."""
+    sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
+    return [0, *itertools.accumulate(sizes)][:-1]
+
+
+def row_group_batches(
+    parquet: pq.ParquetFile,
+    batch_size: int,
+    *,
+    skip: int = 0,
+    columns: Sequence[str] | None = None,
+    group_starts: Sequence[int] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The file's rows from row ``skip`` on, a row group at a time: one reader over a whole file
+    holds memory for every row group it has read until it is done (+420 MB over a 1M-row file,
+    +97 MB read like this). Reading starts at the row group holding row ``skip`` (found from
+    ``group_starts``, :func:`row_group_starts` if not given): skipped groups are not even read."""
+    starts = row_group_starts(parquet) if group_starts is None else group_starts
+    first = max(0, bisect.bisect_right(starts, skip) - 1)
+    skip -= starts[first] if starts else 0
+    for group in range(first, len(starts)):
+        for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            yield batch.slice(skip) if skip else batch
+            skip = 0
 
 
 class StorageError(RuntimeError):
@@ -576,19 +608,7 @@ class Partition:
         with self._parquet(path) as parquet:
             selected = self._checked_columns(parquet, path, columns)
             try:
-                # a row group at a time: one reader over a whole file holds memory for every row
-                # group it has read until it is done (+420 MB over a 1M-row file, +97 MB read like this)
-                for group in range(parquet.num_row_groups):
-                    rows = parquet.metadata.row_group(group).num_rows
-                    if skip >= rows:
-                        skip -= rows
-                        continue
-                    for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=selected or None):
-                        if skip >= batch.num_rows:
-                            skip -= batch.num_rows
-                            continue
-                        yield batch.slice(skip) if skip else batch
-                        skip = 0
+                yield from row_group_batches(parquet, batch_size, skip=skip, columns=selected or None)
             except FileNotFoundError:
                 raise
             except (pa.ArrowInvalid, OSError) as exc:
