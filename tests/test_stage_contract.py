@@ -4,6 +4,7 @@ stage: one class, one spec line, one prompt file (and a settings field when it h
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pyarrow as pa
 import pytest
@@ -157,6 +158,24 @@ def test_params_come_from_the_settings_model():
     assert params["max_headline_words"].description == "Longer headlines are rejected"
     # Optional strings may be left empty in the trigger form.
     assert params["storage_root"].value is None and params["storage_root"].schema["type"] == ["null", "string"]
+
+
+def test_a_setting_with_fixed_choices_is_a_dropdown_that_refuses_other_values():
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    class GateSettings(PipelineSettings):
+        gate: Literal["off", "report", "enforce"] = Field("report", description="What the gate does")
+        level: Literal[1, 2, 3] | None = None
+
+    params = params_from_settings(GateSettings)
+    assert params["gate"].schema["enum"] == ["off", "report", "enforce"] and params["gate"].schema["type"] == "string"
+    assert params["gate"].resolve() == "report" and params["gate"].resolve("enforce") == "enforce"
+    with pytest.raises(ParamValidationError, match="is not one of"):
+        params["gate"].resolve("strict")  # a typo fails the trigger, not the night's task
+    assert params["level"].schema == {"type": ["null", "integer"], "enum": [None, 1, 2, 3]}
+    assert params["level"].resolve() is None and params["level"].resolve(2) == 2
+    with pytest.raises(ParamValidationError):
+        params["level"].resolve(4)
 
 
 def test_a_spec_refuses_wiring_it_cannot_run():

@@ -87,6 +87,9 @@ def test_make_ui_serves_the_ui_and_every_pipeline_triggers_from_its_defaults(ui)
         assert details["params"], dag_id
         assert form_problems(details["params"]) == [], dag_id
         assert details["is_paused"], dag_id  # new DAGs start paused: the run below never starts
+    # A setting with fixed choices is a dropdown in the form (the schema's enum reaches the UI).
+    gate = api.get("/dags/code_instruct/details").json()["params"]["test_gate"]
+    assert gate["schema"]["enum"] == ["off", "report", "enforce"] and gate["value"] in gate["schema"]["enum"]
 
     # The defaults are accepted as a run's conf by the server's own validation, as the form sends them.
     dag_id = "code_instruct"

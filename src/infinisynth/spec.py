@@ -220,20 +220,26 @@ _BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "ex
 
 
 def param_schema(info: FieldInfo) -> dict[str, Any]:
-    """The JSON-schema keywords of a Param for one settings field: type, bounds, description.
+    """The JSON-schema keywords of a Param for one settings field: type, choices, bounds, description.
 
     Optional fields become ``["null", <type>]`` with a None default: Airflow's trigger form treats
     a plain string Param as required, so an empty optional field would disable the Trigger button.
     """
     annotation = info.annotation
     types_: list[str] = []
+    choices: list[Any] = []  # a Literal's values: the trigger form shows a dropdown, a wrong value fails the trigger
     args = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
     for arg in args:
         if arg is type(None):
             types_.insert(0, "null")
+        elif get_origin(arg) is Literal:
+            choices.extend(get_args(arg))
+            types_.extend(t for t in dict.fromkeys(_JSON_TYPES.get(type(value), "string") for value in get_args(arg)) if t not in types_)
         else:
             types_.append(_JSON_TYPES.get(get_origin(arg) or arg, "string"))
     schema: dict[str, Any] = {"type": types_[0] if len(types_) == 1 else types_}
+    if choices:
+        schema["enum"] = [None, *choices] if "null" in types_ else choices
     for meta in info.metadata:
         for attr, keyword in _BOUNDS.items():
             value = getattr(meta, attr, None)
