@@ -221,6 +221,36 @@ def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
         return json.loads(response.read())
 
 
+def wait_for(done: Any, seconds: float, failure: Any) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, failure()
+        time.sleep(1)
+
+
+def deferred(tis: list[dict[str, Any]], try_number: int) -> int:
+    return sum(1 for t in tis if t["state"] == "deferred" and t["try_number"] == try_number)
+
+
+def deferral_reported(scheduler_log: Any, ti_ids: list[str]) -> bool:
+    """The scheduler has processed each task's exit into ``deferred`` (a trigger firing before that
+    makes Airflow take the resumed run for a stray: see ``BatchTrigger.run``)."""
+    lines = [
+        line
+        for line in scheduler_log.read_text(errors="replace").splitlines()
+        if "TaskInstance Finished" in line and "state=deferred" in line
+    ]
+    return all(any(f"ti_id={ti_id}" in line for line in lines) for ti_id in ti_ids)
+
+
+def polled_in_triggerer(logs: Any) -> bool:
+    """A trigger's own poll line (logger BatchTrigger) in a task's trigger log."""
+    return any(
+        "infinisynth.llm.batch_trigger.BatchTrigger" in p.read_text(errors="replace")
+        for p in logs.glob("**/task_id=headline/map_index=*/attempt=*.log.trigger.*.log")
+    )
+
+
 @pytest.mark.slow
 def test_deferred_tasks_wait_in_a_real_triggerer_and_a_cleared_task_resumes_its_batch(tmp_path):
     """A scheduler stack with a triggerer (PostgreSQL metadata DB): the mapped model tasks defer
@@ -237,10 +267,11 @@ def test_deferred_tasks_wait_in_a_real_triggerer_and_a_cleared_task_resumes_its_
     (dags / "tiny_batch.py").write_text(TINY_DAG)
     (prompts / "test_headline.toml").write_text(PROMPT)
     root = f"file://{tmp_path / 'data'}"
+    logs = tmp_path / "airflow" / "logs" / "dag_id=tiny_batch"
     with running_postgres() as database_url, scripted_openai() as server:
         home = make_airflow_home(tmp_path / "airflow", database_url)
         server.script(RULES[-1:])
-        configure_batches(server, delay=20)
+        configure_batches(server, delay=3600)  # until the test says so: each phase below waits for what it checks
         env = {
             **connection_env(server.base_url, mode="batch", batch_poll_seconds=1),
             "INFINISYNTH_ROOT": root,
@@ -255,18 +286,25 @@ def test_deferred_tasks_wait_in_a_real_triggerer_and_a_cleared_task_resumes_its_
         with running_scheduler(home, env, tmp_path, triggerer=True) as scheduler_env:
             result = home.run("dags", "trigger", "tiny_batch", "-l", "2026-05-01T00:00:00+00:00", extra_env=scheduler_env)
             assert result.returncode == 0, result.stderr[-2000:]
-            deadline = time.monotonic() + 120
-            while len([t for t in home.query(tis) if t["state"] == "deferred"]) < 3:
-                assert time.monotonic() < deadline, f"no deferred tasks: {home.query(tis)}"
-                time.sleep(1)
+            wait_for(lambda: deferred(home.query(tis), try_number=1) == 3, 180, lambda: f"no deferred tasks: {home.query(tis)}")
             first_batches = batch_stats(server)["ids"]
             assert len(first_batches) == 3  # one per shard
+            wait_for(lambda: polled_in_triggerer(logs), 180, lambda: "the triggerer never polled a batch")
             # The tasks "killed" while their batches run: cleared, Airflow runs them again.
             run_id = home.query("select run_id from dag_run where dag_id = 'tiny_batch'")[0]["run_id"]
             cleared = api(scheduler_env, "POST", "/api/v2/dags/tiny_batch/clearTaskInstances", {
                 "dry_run": False, "task_ids": ["headline"], "dag_run_id": run_id, "only_failed": False, "reset_dag_runs": False,
             })  # fmt: skip
             assert len(cleared["task_instances"]) == 3, cleared
+            # Run again, each task finds its batch still running and defers on it, without a new one.
+            wait_for(lambda: deferred(home.query(tis), try_number=2) == 3, 180, lambda: f"not deferred again: {home.query(tis)}")
+            assert batch_stats(server)["ids"] == first_batches
+            # ... and once the scheduler has heard of each deferral, the provider ends the batches.
+            ti_ids = [
+                r["id"] for r in home.query("select id::text as id from task_instance where dag_id = 'tiny_batch' and task_id = 'headline'")
+            ]
+            wait_for(lambda: deferral_reported(tmp_path / "scheduler.log", ti_ids), 120, lambda: f"deferrals not reported: {ti_ids}")
+            configure_batches(server, finish=True)  # the triggers fire, the tasks resume
             deadline = time.monotonic() + 180
             while (run := home.query("select state from dag_run where dag_id = 'tiny_batch'")[0])["state"] not in ("success", "failed"):
                 assert time.monotonic() < deadline, f"the run did not finish: {home.query(tis)}"
@@ -278,9 +316,6 @@ def test_deferred_tasks_wait_in_a_real_triggerer_and_a_cleared_task_resumes_its_
         stats = batch_stats(server)
         assert stats["ids"] == first_batches and set(stats["statuses"].values()) == {"completed"}  # resumed, not paid twice
         assert server.stats()["total"] == 0
-        logs = tmp_path / "airflow" / "logs" / "dag_id=tiny_batch"
-        polled = [p.read_text() for p in logs.glob("**/task_id=headline/map_index=0/attempt=*.log.trigger.*.log")]
-        assert any("infinisynth.llm.batch_trigger.BatchTrigger" in text for text in polled)  # polled in the triggerer
         (retried,) = logs.glob("**/task_id=headline/map_index=0/attempt=2.log")
         assert "provider batch batch_" in retried.read_text() and "requests sent as provider batch" not in retried.read_text()
         assert store_for(root).partition("tiny", "headline", DS).manifest().rows == 5

@@ -70,6 +70,9 @@ class ScriptedBatches:
         if "outcome" in body:
             self.outcome = body["outcome"]
             self.outcome_times = body.get("times")
+        if body.get("finish"):  # the provider ends every batch made so far, now
+            for batch in self.batches.values():
+                batch["_delay"] = 0.0
         return web.json_response({"ok": True})
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -222,7 +225,8 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def configure_batches(handle: Any, **control: Any) -> None:
-    """``delay=seconds``, ``outcome="failed"|"expired"|"cancelled"``, ``times=n``."""
+    """``delay=seconds``, ``outcome="failed"|"expired"|"cancelled"``, ``times=n``, ``finish=True`` (end
+    the batches made so far now)."""
     handle._call("POST", "/_control/batches", control)
 
 

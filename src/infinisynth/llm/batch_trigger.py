@@ -49,6 +49,11 @@ class BatchTrigger(BaseTrigger):
         api_key = await self._api_key()
         started, failures = time.monotonic(), 0
         while True:
+            # The task looked at the batch just before deferring: wait before each look, the first
+            # too. A batch found ended the instant the task deferred fires the trigger before the
+            # deferring task's exit has reached the scheduler, which then takes the resumed run for
+            # a stray and fails it (an Airflow race, seen under load: a needless retry).
+            await asyncio.sleep(self.poll_seconds)
             try:
                 found = await batch_status(self.base_url, api_key, self.batch_id)
             except Exception as exc:  # the endpoint's trouble: keep polling, within a bound
@@ -65,7 +70,6 @@ class BatchTrigger(BaseTrigger):
                     yield TriggerEvent({"batch_id": self.batch_id, "status": status, "request_counts": found.get("request_counts")})
                     return
                 self.log.info("batch %s is %s: %s", self.batch_id, status, found.get("request_counts"))
-            await asyncio.sleep(self.poll_seconds)
 
     async def _api_key(self) -> str:
         """The role's API key, from the first of its connections that exists (as the task found it)."""
