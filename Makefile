@@ -78,6 +78,7 @@ bench: setup
 	$(PY) benchmarks/bench_subject_scale.py
 	$(PY) benchmarks/bench_role_limits.py
 	$(PY) benchmarks/bench_release.py
+	$(PY) benchmarks/bench_hnsw.py
 
 # The production stack's .env with fresh strong secrets (standard library only; never overwrites).
 env:
